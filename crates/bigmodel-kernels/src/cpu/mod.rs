@@ -1,0 +1,3 @@
+//! CPU kernels, one module per op.
+
+pub mod adam;

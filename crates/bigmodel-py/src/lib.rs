@@ -1,0 +1,56 @@
+//! `bigmodel_native._native`: the PyO3 face of the kernels.
+//!
+//! The Python layer (`bigmodel_native.ops`) validates arguments the way torch does and hands
+//! over tensors as (data pointer, element count) pairs of contiguous CPU memory. This crate
+//! re-checks what memory safety needs (null, alignment, sizes), turns the pairs into slices,
+//! releases the GIL and runs the kernel on the crate's pool. Errors come back as the Python
+//! exception classes torch would raise; nothing here panics on bad input.
+
+mod adam;
+mod errors;
+mod tensors;
+mod views;
+
+use bigmodel_kernels::isa::{self, Isa};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// The instruction set the kernels run now ("avx512", "avx2" or "scalar").
+#[pyfunction]
+fn active_isa() -> &'static str {
+    isa::active().name()
+}
+
+/// The widest instruction set this CPU supports.
+#[pyfunction]
+fn detected_isa() -> &'static str {
+    isa::detected().name()
+}
+
+/// Forces the kernels onto a narrower instruction set (for tests), or back with None.
+#[pyfunction]
+#[pyo3(signature = (name=None))]
+fn set_isa(name: Option<&str>) -> PyResult<&'static str> {
+    let wanted = match name {
+        None => None,
+        Some(n) => Some(Isa::from_name(n).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "unknown instruction set {n:?}; expected avx512, avx2 or scalar"
+            ))
+        })?),
+    };
+    isa::set_override(wanted)
+        .map(Isa::name)
+        .map_err(PyValueError::new_err)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(active_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(detected_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(set_isa, m)?)?;
+    m.add_function(wrap_pyfunction!(adam::adam_step, m)?)?;
+    m.add("NeedsStaging", m.py().get_type::<errors::NeedsStaging>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Reading torch tensors from Rust without linking libtorch.
+//!
+//! A tensor is inspected through its Python methods (`data_ptr`, `numel`, `is_contiguous`,
+//! `dtype`, `is_cpu`), called with interned names, which costs a fraction of the same calls made
+//! from Python bytecode: with thousands of parameters per group that difference is most of an
+//! optimizer step. dtype objects are compared by identity with torch's singletons.
+
+use bigmodel_kernels::element::DType;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
+
+/// What a tensor is, for the kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorInfo {
+    pub ptr: usize,
+    pub numel: usize,
+    pub dtype: DType,
+}
+
+/// Why a tensor cannot be handed to a kernel as it is, in the order the caller should react.
+pub enum Unfit {
+    /// Complex, or not contiguous: the Python layer stages a real / contiguous view and retries.
+    NeedsStaging,
+    /// Not a CPU tensor.
+    Device,
+    /// A dtype the kernels have no body for; carries torch's name of it.
+    DType(String),
+}
+
+struct Names {
+    data_ptr: Py<PyString>,
+    numel: Py<PyString>,
+    is_contiguous: Py<PyString>,
+    dtype: Py<PyString>,
+    is_cpu: Py<PyString>,
+    is_complex: Py<PyString>,
+}
+
+static NAMES: PyOnceLock<Names> = PyOnceLock::new();
+
+/// torch's dtype objects, fetched once per process.
+struct DTypes {
+    f32: Py<PyAny>,
+    f64: Py<PyAny>,
+    bf16: Py<PyAny>,
+    f16: Py<PyAny>,
+}
+
+static DTYPES: PyOnceLock<DTypes> = PyOnceLock::new();
+
+fn names(py: Python<'_>) -> &Names {
+    NAMES.get_or_init(py, || Names {
+        data_ptr: PyString::intern(py, "data_ptr").unbind(),
+        numel: PyString::intern(py, "numel").unbind(),
+        is_contiguous: PyString::intern(py, "is_contiguous").unbind(),
+        dtype: PyString::intern(py, "dtype").unbind(),
+        is_cpu: PyString::intern(py, "is_cpu").unbind(),
+        is_complex: PyString::intern(py, "is_complex").unbind(),
+    })
+}
+
+fn dtypes(py: Python<'_>) -> PyResult<&DTypes> {
+    DTYPES.get_or_try_init(py, || {
+        let torch = py.import("torch")?;
+        Ok(DTypes {
+            f32: torch.getattr("float32")?.unbind(),
+            f64: torch.getattr("float64")?.unbind(),
+            bf16: torch.getattr("bfloat16")?.unbind(),
+            f16: torch.getattr("float16")?.unbind(),
+        })
+    })
+}
+
+/// The kernel dtype of a torch dtype object, if it has one.
+pub fn kernel_dtype(py: Python<'_>, dtype: &Bound<'_, PyAny>) -> PyResult<Option<DType>> {
+    let d = dtypes(py)?;
+    Ok(if dtype.is(d.f32.bind(py)) {
+        Some(DType::F32)
+    } else if dtype.is(d.f64.bind(py)) {
+        Some(DType::F64)
+    } else if dtype.is(d.bf16.bind(py)) {
+        Some(DType::BF16)
+    } else if dtype.is(d.f16.bind(py)) {
+        Some(DType::F16)
+    } else {
+        None
+    })
+}
+
+/// `obj.name()` without allocating a bound method or an argument tuple.
+///
+/// `call_method0` builds a bound method per call, which on 8,000 tensors costs more than the
+/// kernel and wakes the garbage collector; CPython's `PyObject_CallMethodObjArgs` looks the
+/// method up and calls it on a stack vector instead.
+fn call0<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+    let py = obj.py();
+    // SAFETY: both pointers are live objects borrowed for the duration of the call; the
+    // variadic list is terminated by a null pointer as the C API requires; the result is a new
+    // reference (or null with an exception set), which `from_owned_ptr_or_err` takes over.
+    unsafe {
+        let ret = pyo3::ffi::PyObject_CallMethodObjArgs(
+            obj.as_ptr(),
+            name.as_ptr(),
+            std::ptr::null_mut::<pyo3::ffi::PyObject>(),
+        );
+        Bound::from_owned_ptr_or_err(py, ret)
+    }
+}
+
+/// A one-element CPU step counter: its data pointer and dtype (float32 or float64), if it is one.
+pub fn inspect_step(t: &Bound<'_, PyAny>) -> PyResult<Option<(usize, DType)>> {
+    let py = t.py();
+    let n = names(py);
+    if !t.getattr(n.is_cpu.bind(py))?.is_truthy()? {
+        return Ok(None);
+    }
+    match kernel_dtype(py, &t.getattr(n.dtype.bind(py))?)? {
+        Some(d @ (DType::F32 | DType::F64))
+            if call0(t, n.numel.bind(py))?.extract::<usize>()? == 1 =>
+        {
+            Ok(Some((call0(t, n.data_ptr.bind(py))?.extract()?, d)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Inspects one tensor; `Ok(Err(..))` says why it cannot go to a kernel as it is.
+pub fn inspect(t: &Bound<'_, PyAny>) -> PyResult<Result<TensorInfo, Unfit>> {
+    let py = t.py();
+    let n = names(py);
+    if !t.getattr(n.is_cpu.bind(py))?.is_truthy()? {
+        return Ok(Err(Unfit::Device));
+    }
+    let dtype_obj = t.getattr(n.dtype.bind(py))?;
+    let Some(dtype) = kernel_dtype(py, &dtype_obj)? else {
+        if call0(t, n.is_complex.bind(py))?.is_truthy()? {
+            return Ok(Err(Unfit::NeedsStaging));
+        }
+        return Ok(Err(Unfit::DType(dtype_obj.str()?.to_string())));
+    };
+    if !call0(t, n.is_contiguous.bind(py))?.is_truthy()? {
+        return Ok(Err(Unfit::NeedsStaging));
+    }
+    Ok(Ok(TensorInfo {
+        ptr: call0(t, n.data_ptr.bind(py))?.extract()?,
+        numel: call0(t, n.numel.bind(py))?.extract()?,
+        dtype,
+    }))
+}
