@@ -1,0 +1,54 @@
+"""Adam step benchmark and CI gate: ours vs torch's for-loop, foreach and fused Adam, one run.
+
+Floors sit well under the measured ratios (see benches/results/adam.json) so that a noisy
+2-core machine passes, yet losing the parallel path (about 2x) or the fused single pass fails.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bigmodel_native.benchmarks import adam
+from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, time_case, write_json
+
+#: case prefix -> (baseline, floor on baseline_time / our_time)
+FLOORS = {
+    "a:": [("torch_forloop", 2.0), ("torch_fused", 0.6)],
+    "b:": [("torch_forloop", 2.5), ("torch_fused", 0.8)],
+    "c:": [("torch_forloop", 1.5), ("torch_fused", 0.6)],
+}
+
+
+@pytest.fixture(scope="module")
+def results(threads: int, results_dir: Path) -> dict[str, CaseResult]:
+    out = {c.name: time_case(c) for c in adam.cases()}
+    ratios = {
+        f"{name} vs {base}": round(r.ratio(base), 3)
+        for name, r in out.items()
+        for base in r.results
+        if base != OURS
+    }
+    write_json(results_dir / "adam.json", "adam", threads, list(out.values()), ratios)
+    print("\n" + format_table(list(out.values())))
+    return out
+
+
+@pytest.mark.parametrize("prefix", list(FLOORS))
+def test_adam_ratio_floors(results: dict[str, CaseResult], prefix: str) -> None:
+    (r,) = [v for k, v in results.items() if k.startswith(prefix)]
+    for baseline, floor in FLOORS[prefix]:
+        assert r.ratio(baseline) >= floor, f"{r.case}: {r.ratio(baseline):.2f}x vs {baseline}, floor {floor}"
+
+
+def test_bf16_moves_fewer_bytes_than_fp32(results: dict[str, CaseResult]) -> None:
+    (a,) = [v for k, v in results.items() if k.startswith("a:")]
+    (c,) = [v for k, v in results.items() if k.startswith("c:")]
+    # Same element count; bf16 moves half the bytes, so it must not be slower (10% noise margin).
+    assert c.results[OURS].median_s <= 1.1 * a.results[OURS].median_s
+
+
+def test_adam_step_pytest_benchmark(benchmark, threads: int) -> None:
+    """Our 16M-parameter step under pytest-benchmark's own statistics."""
+    (case,) = [c for c in adam.cases(quick=True) if c.name.startswith("a:")]
+    benchmark.pedantic(case.providers[OURS], rounds=10, warmup_rounds=2)
