@@ -1,20 +1,19 @@
 """Type stubs of the Rust extension. Call the ops in bigmodel_native.ops, not these."""
 
+import torch
+
 __version__: str
 
 def active_isa() -> str: ...
 def detected_isa() -> str: ...
 def set_isa(name: str | None = None) -> str: ...
 def adam_step(
-    dtype: str,
-    params: list[int],
-    grads: list[int],
-    exp_avgs: list[int],
-    exp_avg_sqs: list[int],
-    max_exp_avg_sqs: list[int] | None,
-    steps: list[int],
-    step_dtype: str,
-    numels: list[int],
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    max_exp_avg_sqs: list[torch.Tensor],
+    steps: list[torch.Tensor],
     *,
     lr: float,
     beta1: float,

@@ -1,6 +1,6 @@
 //! Reading torch tensors from Rust without linking libtorch.
 //!
-//! A tensor is inspected through its Python methods (`data_ptr`, `numel`, `is_contiguous`,
+//! A tensor is inspected through its Python attributes (`data_ptr`, `nbytes`, `is_contiguous`,
 //! `dtype`, `is_cpu`), called with interned names, which costs a fraction of the same calls made
 //! from Python bytecode: with thousands of parameters per group that difference is most of an
 //! optimizer step. dtype objects are compared by identity with torch's singletons.
@@ -30,7 +30,7 @@ pub enum Unfit {
 
 struct Names {
     data_ptr: Py<PyString>,
-    numel: Py<PyString>,
+    nbytes: Py<PyString>,
     is_contiguous: Py<PyString>,
     dtype: Py<PyString>,
     is_cpu: Py<PyString>,
@@ -52,7 +52,7 @@ static DTYPES: PyOnceLock<DTypes> = PyOnceLock::new();
 fn names(py: Python<'_>) -> &Names {
     NAMES.get_or_init(py, || Names {
         data_ptr: PyString::intern(py, "data_ptr").unbind(),
-        numel: PyString::intern(py, "numel").unbind(),
+        nbytes: PyString::intern(py, "nbytes").unbind(),
         is_contiguous: PyString::intern(py, "is_contiguous").unbind(),
         dtype: PyString::intern(py, "dtype").unbind(),
         is_cpu: PyString::intern(py, "is_cpu").unbind(),
@@ -117,7 +117,7 @@ pub fn inspect_step(t: &Bound<'_, PyAny>) -> PyResult<Option<(usize, DType)>> {
     }
     match kernel_dtype(py, &t.getattr(n.dtype.bind(py))?)? {
         Some(d @ (DType::F32 | DType::F64))
-            if call0(t, n.numel.bind(py))?.extract::<usize>()? == 1 =>
+            if t.getattr(n.nbytes.bind(py))?.extract::<usize>()? == d.size_of() =>
         {
             Ok(Some((call0(t, n.data_ptr.bind(py))?.extract()?, d)))
         }
@@ -144,7 +144,8 @@ pub fn inspect(t: &Bound<'_, PyAny>) -> PyResult<Result<TensorInfo, Unfit>> {
     }
     Ok(Ok(TensorInfo {
         ptr: call0(t, n.data_ptr.bind(py))?.extract()?,
-        numel: call0(t, n.numel.bind(py))?.extract()?,
+        // `nbytes` is a getter, cheaper than the `numel()` method's argument parsing.
+        numel: t.getattr(n.nbytes.bind(py))?.extract::<usize>()? / dtype.size_of(),
         dtype,
     }))
 }
