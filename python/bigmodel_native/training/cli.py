@@ -33,6 +33,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="output folder (default: runs/<system>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and our kernels")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training/test samples")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
     p.add_argument("--task", default="regression", choices=["regression", "classification"], help="s6 head")
@@ -50,6 +51,13 @@ def run_train(args: argparse.Namespace) -> int:
     from .systems import DEFAULTS, RECIPES, Run, summary_table
 
     d = DEFAULTS[args.system]
+    if args.threads is not None:
+        from .. import set_num_threads
+
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+        set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit(
             "error: --device cuda was asked for, but torch.cuda.is_available() is False on this machine "
