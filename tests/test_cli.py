@@ -68,6 +68,11 @@ def test_s4_cifar_binary(tmp_path):
     assert "val_accuracy" in h["records"][0]
 
 
+def test_dataset_must_fit_the_system(tmp_path):
+    with pytest.raises(SystemExit, match="s1 trains on random, not 'digits'"):
+        main(["train", "s1", "--dataset", "digits", "--out", str(tmp_path), "--quiet"])
+
+
 def test_s4_without_data_dir_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="CIFAR-10"):
         main(["train", "s4", "--dataset", "cifar10", "--out", str(tmp_path), "--quiet"])

@@ -7,6 +7,18 @@ import time
 from pathlib import Path
 
 DEFAULT_SYSTEM = "s3"
+_IMAGES = ("auto", "fashion-mnist", "mnist", "digits")
+#: The data each system can train on.
+DATASETS = {
+    "s1": ("random",),
+    "s2": _IMAGES,
+    "s3": _IMAGES,
+    "s4": ("cifar10",),
+    "s5": _IMAGES,
+    "s6": ("random",),
+    "s6-lm": ("stdlib",),
+    "s7": ("random",),
+}
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +79,9 @@ def run_train(args: argparse.Namespace) -> int:
     args.batch_size = d.batch_size if args.batch_size is None else args.batch_size
     args.lr = d.lr if args.lr is None else args.lr
     args.dataset = args.dataset or d.dataset
+    allowed = DATASETS[args.system]
+    if args.dataset not in allowed:
+        raise SystemExit(f"error: {args.system} trains on {' or '.join(allowed)}, not {args.dataset!r}")
     lm = args.system == "s6-lm"
     args.d_model = args.d_model or (128 if lm else 512)
     args.layers = args.layers or (4 if lm else 2)
