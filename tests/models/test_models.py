@@ -104,3 +104,19 @@ def test_layers_records_every_implementation():
         assert ours == (impl == "bigmodel_native")
     assert _layers.IMPLEMENTATIONS["Adam"] == "bigmodel_native"
     assert any(line.startswith("Conv2d: ") for line in _layers.describe())
+
+
+def test_keras_initialisation():
+    m = M.MnistCNN()
+    for layer in m.modules():
+        if isinstance(layer, torch.nn.Linear | _layers.Conv2d):
+            assert torch.count_nonzero(layer.bias) == 0
+            fan_in = layer.weight[0].numel()
+            fan_out = (
+                layer.weight.shape[0] * layer.weight[0, 0].numel()
+                if layer.weight.dim() == 4
+                else layer.weight.shape[0]
+            )
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            assert float(layer.weight.detach().abs().max()) <= bound
+            assert float(layer.weight.detach().abs().max()) > 0.9 * bound  # uses the range, not torch's smaller one

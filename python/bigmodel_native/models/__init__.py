@@ -10,6 +10,7 @@ from . import _layers
 from .cnn import CifarCNN, MnistCNN, SmallCNN
 from .dense import MnistMLP, SmallDense, TinyDense
 from .gan import Discriminator, Generator
+from .init import keras_init_
 from .transformer import CharTransformerLM, TabularTransformer, TransformerBlock, causal_mask
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "TransformerBlock",
     "_layers",
     "causal_mask",
+    "keras_init_",
 ]

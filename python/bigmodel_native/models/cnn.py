@@ -3,7 +3,8 @@
 Both are the same stack: Conv(c->32, 3x3) - ReLU - MaxPool2 - Conv(32->64, 3x3) - ReLU - MaxPool2 -
 Conv(64->64, 3x3) - ReLU - Flatten - Linear(flat, 64) - ReLU - Linear(64, 10), valid padding. On
 28x28x1 the flattened size is 3*3*64 = 576, on 32x32x3 it is 4*4*64 = 1024. The convolutions come
-from :mod:`._layers` (ours when the package has the kernel).
+from :mod:`._layers` (ours when the package has the kernel); weights start from Keras'
+initialisation (see :mod:`.init`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from . import _layers
+from .init import keras_init_
 
 
 def _flat_size(side: int) -> int:
@@ -42,6 +44,7 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(_flat_size(side), 64), nn.ReLU(), nn.Linear(64, num_classes)
         )
+        keras_init_(self)  # the tutorials' (Keras) initialisation
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))

@@ -1,12 +1,15 @@
 """The dense seed systems: S1 (tiny classifier), S2 (MNIST MLP) and S7 (small classifier).
 
-Every model returns logits; the softmax the tutorials put in the last layer is applied by the
-cross-entropy loss (same maths, numerically stable) and by :func:`bigmodel_native.training.predict`.
+Every model returns logits and starts from Keras' initialisation (see :mod:`.init`); the softmax
+the tutorials put in the last layer is applied by the cross-entropy loss (same maths, numerically
+stable) and by :func:`bigmodel_native.training.predict`.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
+
+from .init import keras_init_
 
 
 class TinyDense(nn.Module):
@@ -15,6 +18,7 @@ class TinyDense(nn.Module):
     def __init__(self, in_features: int = 10, hidden: int = 10, num_classes: int = 2) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+        keras_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -34,6 +38,7 @@ class MnistMLP(nn.Module):
             width = h
         layers.append(nn.Linear(width, num_classes))
         self.net = nn.Sequential(*layers)
+        keras_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -51,6 +56,7 @@ class SmallDense(nn.Module):
             nn.ReLU(),
             nn.Linear(hidden, num_classes),
         )
+        keras_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
