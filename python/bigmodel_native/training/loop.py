@@ -179,6 +179,8 @@ def fit(
     loss_fn = resolve_loss(loss)
     if metrics == "auto":
         metrics = ["accuracy"] if _is_classification(y) else []
+    elif isinstance(metrics, str):
+        metrics = [metrics]
     unknown = [m for m in metrics if m != "accuracy"]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; supported: ['accuracy']")

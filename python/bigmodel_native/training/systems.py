@@ -404,7 +404,8 @@ def summary_table(meta: dict[str, Any], hist_path: Path) -> str:
         lines.append("")
         for k in ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1", "mean_predictor_mse"):
             if k in test:
-                lines.append(f"test {k:18s} {test[k]:.4f}")
+                pct = f"  ({100 * test[k]:.2f}%)" if k == "accuracy" else ""
+                lines.append(f"test {k:18s} {test[k]:.4f}{pct}")
         if "f1" in test and len(test["f1"]) <= 10:
             lines.append(
                 "per class (precision / recall / F1): "
