@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .history import History  # noqa: E402
 
@@ -40,6 +41,7 @@ def plot_history(history: History, path: str | os.PathLike[str], title: str = ""
             if k in h and any(v is not None for v in h[k]):
                 ax.plot(epochs, h[k], marker="o", label=k)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(keys[0].replace("d_", ""))
         ax.grid(alpha=0.3)
         ax.legend()
