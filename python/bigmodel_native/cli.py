@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", default=None, help="directory for the JSON results (default: none)")
     bench.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     bench.set_defaults(func=_bench)
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
     return parser
 
 

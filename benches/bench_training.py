@@ -1,0 +1,46 @@
+"""Training throughput gate: S3 (CNN) and the S6 char-LM on bigmodel_native vs plain torch.
+
+Targets once every kernel has landed: S3 >= 2x plain torch, char-LM >= 1.3x. The floor here is
+loose (0.7x) and only catches a gross regression of the models/loop on our optimizer; the
+measured ratios and which building blocks were ours are recorded in benches/results/train.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from bigmodel_native.benchmarks import training
+from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, time_case, write_json
+
+FLOOR = 0.7
+
+
+@pytest.fixture(scope="module")
+def results(threads: int, results_dir: Path) -> dict[str, CaseResult]:
+    s3, lm = (time_case(c) for c in training.cases())
+    ratios = {
+        "S3 train images/s ours vs torch": round(s3.ratio(training.TORCH), 3),
+        "S6 char-LM tokens/s ours vs torch": round(lm.ratio(training.TORCH), 3),
+        "images_per_s": {k: round(training.images_per_call() / v.median_s, 1) for k, v in s3.results.items()},
+        "tokens_per_s": {k: round(training.tokens_per_call() / v.median_s, 1) for k, v in lm.results.items()},
+        "implementations": training.implementations(),
+    }
+    write_json(results_dir / "train.json", "train", threads, [s3, lm], ratios)
+    print("\n" + format_table([s3, lm]))
+    print(ratios)
+    return {"s3": s3, "lm": lm}
+
+
+@pytest.mark.parametrize("case", ["s3", "lm"])
+def test_training_throughput_floor(results: dict[str, CaseResult], case: str) -> None:
+    r = results[case]
+    ratio = r.ratio(training.TORCH)
+    assert ratio >= FLOOR, f"{r.case}: ours {ratio:.2f}x plain torch, floor {FLOOR}"
+
+
+def test_s3_training_pytest_benchmark(benchmark, threads: int) -> None:
+    """Ten of our S3 training steps under pytest-benchmark's own statistics."""
+    call = training.providers()[OURS]
+    call()
+    benchmark.pedantic(call, rounds=3, warmup_rounds=1)
