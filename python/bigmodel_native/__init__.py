@@ -16,7 +16,7 @@ from ._threads import get_num_threads, set_num_threads
 __version__: str = _native.__version__
 
 # Importing ops registers the custom ops with torch.
-from . import ops, optim  # noqa: E402
+from . import nn, ops, optim  # noqa: E402
 
 __all__ = ["__version__", "get_num_threads", "ops", "optim", "set_num_threads", "cpu_isa"]
 

@@ -1,0 +1,10 @@
+"""Drop-in ``torch.nn`` modules whose forward runs bigmodel_native's ops.
+
+Each module subclasses (or mirrors) its torch counterpart: same constructor, parameters and
+``state_dict``, so a model can swap ``torch.nn.X`` for ``bigmodel_native.nn.X`` and load the same
+checkpoints.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
