@@ -204,6 +204,21 @@ unsafe fn view_mut<'a, T>(b: Buf, what: &str) -> Result<&'a mut [T]> {
     unsafe { crate::views::slice_mut(b.ptr, b.numel, what) }
 }
 
+/// Runs `f` with the GIL released: on the calling thread when the call is short (waking the
+/// pool would cost more than the work), else inside the crate's pool.
+fn on_pool<R: Send>(
+    py: Python<'_>,
+    p: &CeParams,
+    threads: usize,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    if p.is_serial() {
+        py.detach(f)
+    } else {
+        py.detach(|| pool::install(threads, f))
+    }
+}
+
 /// The dtype dispatch shared by the three entry points.
 macro_rules! by_dtype {
     ($dtype:expr, $f:ident, $($arg:expr),*) => {
@@ -287,10 +302,8 @@ pub fn cross_entropy_forward(
         tw,
     ];
     let has_w = w.is_some();
-    py.detach(|| {
-        pool::install(num_threads, || {
-            by_dtype!(dtype, run_forward, &p, bufs, has_w)
-        })
+    on_pool(py, &p, num_threads, || {
+        by_dtype!(dtype, run_forward, &p, bufs, has_w)
     })
     .map_err(to_py)
 }
@@ -395,10 +408,8 @@ pub fn cross_entropy_backward(
     };
     let bufs = [go, x.unwrap_or(none), gi, t, w.unwrap_or(none), e, a, tw];
     let flags = (x.is_some(), w.is_some());
-    py.detach(|| {
-        pool::install(num_threads, || {
-            by_dtype!(dtype, run_backward, &p, bufs, flags)
-        })
+    on_pool(py, &p, num_threads, || {
+        by_dtype!(dtype, run_backward, &p, bufs, flags)
     })
     .map_err(to_py)
 }
@@ -487,10 +498,8 @@ pub fn cross_entropy_target_backward(
     };
     let bufs = [go, x, w.unwrap_or(none), e, tw, gt];
     let has_w = w.is_some();
-    py.detach(|| {
-        pool::install(num_threads, || {
-            by_dtype!(dtype, run_target_backward, &p, bufs, has_w)
-        })
+    on_pool(py, &p, num_threads, || {
+        by_dtype!(dtype, run_target_backward, &p, bufs, has_w)
     })
     .map_err(to_py)
 }

@@ -44,8 +44,9 @@ LIB.define(
     "Tensor asum, Tensor total_weight, int reduction, int ignore_index, float label_smoothing) -> Tensor"
 )
 LIB.define(
-    "cross_entropy_backward_(Tensor grad_output, Tensor(a!) input, Tensor target, Tensor? weight, Tensor lse, "
-    "Tensor asum, Tensor total_weight, int reduction, int ignore_index, float label_smoothing) -> ()"
+    "cross_entropy_backward_(Tensor grad_output, Tensor(a!) input, Tensor target, Tensor? weight, "
+    "Tensor lse, Tensor asum, Tensor total_weight, int reduction, int ignore_index, "
+    "float label_smoothing) -> ()"
 )
 LIB.define(
     "cross_entropy_target_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor lse, "
@@ -274,6 +275,22 @@ torch.library.register_autograd(
 )
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """The same autograd as the op's registration, entered directly.
+
+    Calling the op through its registered autograd costs several times the kernel at small
+    sizes (torch wraps it in a generic Function per call); this Function calls the same forward
+    and backward ops with the same context logic and less Python in between.
+    """
+
+    @staticmethod
+    def forward(*args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return torch.ops.bigmodel_native.cross_entropy_forward(*args)
+
+    setup_context = staticmethod(_setup_context)
+    backward = staticmethod(_backward)
+
+
 # ----------------------------------------------------------------------------- public API
 
 
@@ -289,9 +306,8 @@ def _check(
     if input.dim() == 0:
         raise IndexError("Dimension specified as 1 but tensor has no dimensions")
     if input.dtype not in _FLOATS:
-        raise NotImplementedError(
-            f"\"log_softmax_lastdim_kernel_impl\" not implemented for '{_scalar(input)}'"
-        )
+        kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
+        raise NotImplementedError(f"\"{kernel}\" not implemented for '{_scalar(input)}'")
     classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     if input.shape == target.shape:  # class probabilities
         if not target.is_floating_point():
@@ -331,7 +347,8 @@ def _check(
     else:
         if target.dim() >= 1 and target.shape[0] != input.shape[0]:
             raise ValueError(
-                f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({target.shape[0]})."
+                f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+                f"({target.shape[0]})."
             )
         want = [input.shape[0], *input.shape[2:]]
         if list(target.shape) != want:
@@ -370,10 +387,10 @@ def _run(
     input, target, weight, ignore_index, reduction: int, label_smoothing: float, inplace: bool
 ) -> Tensor:
     input, target, weight = _check(input, target, weight, ignore_index, label_smoothing)
-    loss, *_ = torch.ops.bigmodel_native.cross_entropy_forward(
-        input, target, weight, reduction, ignore_index, float(label_smoothing), inplace
-    )
-    return loss
+    args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
+    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
+        return _CrossEntropy.apply(*args)[0]
+    return torch.ops.bigmodel_native.cross_entropy_forward(*args)[0]
 
 
 def cross_entropy(
@@ -449,6 +466,7 @@ def _check_inplace(input: Tensor) -> None:
                 and saved.untyped_storage().data_ptr() == input.untyped_storage().data_ptr()
             ):
                 raise RuntimeError(
-                    f"cross_entropy_inplace_backward: the logits are needed by {fn.name()} for its own backward, "
-                    "so their buffer cannot hold the gradient. Use bigmodel_native.ops.cross_entropy instead."
+                    f"cross_entropy_inplace_backward: the logits are needed by {fn.name()} for its own "
+                    "backward, so their buffer cannot hold the gradient. "
+                    "Use bigmodel_native.ops.cross_entropy instead."
                 )

@@ -87,6 +87,13 @@ pub struct CeParams {
 }
 
 impl CeParams {
+    /// Whether the call is short enough to run on the calling thread: below [`TASK_ELEMS`]
+    /// logits every path makes one task and never touches the pool, whose wake-up would cost
+    /// more than the work. Bindings then skip `pool::install`.
+    pub fn is_serial(&self) -> bool {
+        self.numel().is_ok_and(|n| n < TASK_ELEMS)
+    }
+
     fn rows(&self) -> Result<usize> {
         self.outer
             .checked_mul(self.inner)
@@ -600,18 +607,26 @@ pub fn target_backward<T: CeElement>(
     if numel == 0 {
         return Ok(());
     }
-    grad_target
-        .par_chunks_mut(c * d)
-        .enumerate()
-        .for_each(|(n, slab)| {
-            for (ci, out) in slab.chunks_mut(d).enumerate() {
-                let w = weight.map_or(<T::Acc as Real>::ONE, |w| w[ci].load());
-                let xs = &input[(n * c + ci) * d..(n * c + ci + 1) * d];
-                for (k, (o, v)) in out.iter_mut().zip(xs).enumerate() {
-                    let r = n * d + k;
-                    *o = T::store(up.of(grad_output, r) * keep * w * (lse[r] - v.load()));
-                }
+    let per_sample = |(n, slab): (usize, &mut [T])| {
+        for (ci, out) in slab.chunks_mut(d).enumerate() {
+            let w = weight.map_or(<T::Acc as Real>::ONE, |w| w[ci].load());
+            let xs = &input[(n * c + ci) * d..(n * c + ci + 1) * d];
+            for (k, (o, v)) in out.iter_mut().zip(xs).enumerate() {
+                let r = n * d + k;
+                *o = T::store(up.of(grad_output, r) * keep * w * (lse[r] - v.load()));
             }
-        });
+        }
+    };
+    if p.is_serial() {
+        grad_target
+            .chunks_mut(c * d)
+            .enumerate()
+            .for_each(per_sample);
+    } else {
+        grad_target
+            .par_chunks_mut(c * d)
+            .enumerate()
+            .for_each(per_sample);
+    }
     Ok(())
 }

@@ -16,9 +16,11 @@ pub(super) fn forward<T: CeElement>(
     loss: &mut [T],
 ) -> f64 {
     let (rows, c) = (lse.len(), job.classes);
-    let threads = rayon::current_num_threads();
-    if rows < 2 * threads && threads > 1 && c >= 2 * COL_BLOCK {
-        return forward_split_columns(job, mode, x, lse, asum, loss, threads);
+    if c >= 2 * COL_BLOCK {
+        let threads = rayon::current_num_threads();
+        if rows < 2 * threads && threads > 1 {
+            return forward_split_columns(job, mode, x, lse, asum, loss, threads);
+        }
     }
     let per = TASK_ELEMS.div_ceil(c.max(1)).max(1);
     run_all(split_rows(lse, asum, loss, per), |out| {
@@ -149,8 +151,13 @@ pub(super) fn backward<T: CeElement>(g: &BwdArgs<'_, T>, x: Option<&[T]>, dst: &
     if c == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
-    let block = if rows < 2 * threads && threads > 1 && c >= 2 * COL_BLOCK {
+    // Only long rows consult the pool (short calls run outside it, see `CeParams::is_serial`).
+    let threads = if c >= 2 * COL_BLOCK {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let block = if rows < 2 * threads && threads > 1 {
         c.div_ceil(4 * threads).max(COL_BLOCK)
     } else {
         c

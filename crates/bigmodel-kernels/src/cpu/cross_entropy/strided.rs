@@ -197,9 +197,13 @@ pub(super) fn backward<T: CeElement>(g: &BwdArgs<'_, T>, x: Option<&[T]>, dst: &
     }
     let slab = c * d;
     let outer = dst.len() / slab;
-    let threads = rayon::current_num_threads();
     let mut tasks = Vec::new();
-    if outer >= 2 * threads || threads == 1 || d <= DB {
+    // Short calls run outside the pool (see `CeParams::is_serial`) and never consult it.
+    let whole = d <= DB || dst.len() < TASK_ELEMS || {
+        let threads = rayon::current_num_threads();
+        outer >= 2 * threads || threads == 1
+    };
+    if whole {
         let per = (TASK_ELEMS / slab).max(1);
         for (i, chunk) in dst.chunks_mut(per * slab).enumerate() {
             tasks.push(Task {
@@ -211,7 +215,7 @@ pub(super) fn backward<T: CeElement>(g: &BwdArgs<'_, T>, x: Option<&[T]>, dst: &
             });
         }
     } else {
-        let nseg = (4 * threads).min(d.div_ceil(DB));
+        let nseg = (4 * rayon::current_num_threads()).min(d.div_ceil(DB));
         let seg = d.div_ceil(nseg).div_ceil(DB) * DB;
         let nseg = d.div_ceil(seg);
         for (n, sample) in dst.chunks_mut(slab).enumerate() {
