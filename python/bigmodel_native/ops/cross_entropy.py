@@ -34,6 +34,8 @@ from .._threads import get_num_threads
 from ._library import LIB
 
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+OPS = torch.ops.bigmodel_native
 
 LIB.define(
     "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
@@ -250,23 +252,29 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
 def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     input, target, weight, lse, asum, total_weight = ctx.saved_tensors
     reduction, ignore_index, label_smoothing = ctx.args
+    direct = _eager(grad_loss)
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
+        args = (
+            grad_loss,
+            input,
+            target,
+            weight,
+            lse,
+            asum,
+            total_weight,
+            reduction,
+            ignore_index,
+            label_smoothing,
+        )
         if ctx.inplace:
-            torch.ops.bigmodel_native.cross_entropy_backward_(
-                grad_loss, input, target, weight, lse, asum, total_weight,
-                reduction, ignore_index, label_smoothing,
-            )  # fmt: skip
+            (_backward_inplace_cpu if direct else OPS.cross_entropy_backward_)(*args)
             grad_input = input
         else:
-            grad_input = torch.ops.bigmodel_native.cross_entropy_backward(
-                grad_loss, input, target, weight, lse, asum, total_weight,
-                reduction, ignore_index, label_smoothing,
-            )  # fmt: skip
+            grad_input = (_backward_cpu if direct else OPS.cross_entropy_backward)(*args)
     if ctx.needs_input_grad[1]:
-        grad_target = torch.ops.bigmodel_native.cross_entropy_target_backward(
-            grad_loss, input, weight, lse, total_weight, reduction, label_smoothing
-        )
+        args = (grad_loss, input, weight, lse, total_weight, reduction, label_smoothing)
+        grad_target = (_target_backward_cpu if direct else OPS.cross_entropy_target_backward)(*args)
     return grad_input, grad_target, None, None, None, None, None
 
 
@@ -275,17 +283,33 @@ torch.library.register_autograd(
 )
 
 
+def _eager(*tensors: Tensor | None) -> bool:
+    """Whether the ops' CPU implementations may be called directly, skipping the dispatcher.
+
+    Each trip through the dispatcher into a Python kernel costs tens of microseconds, several
+    times the kernel at small sizes. In plain eager mode on plain tensors the dispatcher would
+    route to these same functions; under ``torch.compile``, a dispatch mode (fake tensors,
+    functionalization), functorch transforms or tensor subclasses the registered ops are used.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
 class _CrossEntropy(torch.autograd.Function):
     """The same autograd as the op's registration, entered directly.
 
     Calling the op through its registered autograd costs several times the kernel at small
-    sizes (torch wraps it in a generic Function per call); this Function calls the same forward
-    and backward ops with the same context logic and less Python in between.
+    sizes (torch wraps it in a generic Function per call); this Function runs the same forward
+    and backward (the ops, or their CPU implementations in plain eager mode, see :func:`_eager`)
+    with the same context logic and less Python in between.
     """
 
     @staticmethod
     def forward(*args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return torch.ops.bigmodel_native.cross_entropy_forward(*args)
+        return (_forward_cpu if _eager(*args[:3]) else OPS.cross_entropy_forward)(*args)
 
     setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
@@ -390,7 +414,7 @@ def _run(
     args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
     if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
         return _CrossEntropy.apply(*args)[0]
-    return torch.ops.bigmodel_native.cross_entropy_forward(*args)[0]
+    return (_forward_cpu if _eager(input, target, weight) else OPS.cross_entropy_forward)(*args)[0]
 
 
 def cross_entropy(

@@ -149,6 +149,10 @@ pub fn exp_f64(x: f64) -> f64 {
 /// Maximum of `x` that propagates NaN (as torch's max does); -inf for an empty slice.
 #[inline(always)]
 pub fn max<T: CeElement>(x: &[T]) -> T::Acc {
+    if x.len() < LANES {
+        // Short rows: one accumulator; reducing 32 lanes would cost more than the row.
+        return x.iter().fold(T::NEG_INF, |m, v| m.max_nan(v.load()));
+    }
     let mut acc = [T::NEG_INF; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for ch in &mut chunks {
@@ -182,6 +186,11 @@ pub fn hsum<A: Real>(mut acc: [A; LANES]) -> A {
 /// `sum_j exp(x_j - m)`.
 #[inline(always)]
 pub fn sum_exp<T: CeElement>(x: &[T], m: T::Acc) -> T::Acc {
+    if x.len() < LANES {
+        return x
+            .iter()
+            .fold(<T::Acc as Real>::ZERO, |s, v| s + T::exp_acc(v.load() - m));
+    }
     let mut acc = [<T::Acc as Real>::ZERO; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for ch in &mut chunks {
@@ -206,6 +215,17 @@ pub fn sum_exp_weighted<T: CeElement>(
     coef: impl Fn(usize) -> T::Acc,
 ) -> (T::Acc, T::Acc, T::Acc) {
     let zero = <T::Acc as Real>::ZERO;
+    if x.len() < LANES {
+        let (mut s, mut sa, mut asum) = (zero, zero, zero);
+        for (j, v) in x.iter().enumerate() {
+            let d = v.load() - m;
+            let a = coef(j);
+            s = s + T::exp_acc(d);
+            sa = sa + a * d;
+            asum = asum + a;
+        }
+        return (s, sa, asum);
+    }
     let (mut s, mut sa, mut asum) = ([zero; LANES], [zero; LANES], [zero; LANES]);
     let full = x.len() / LANES * LANES;
     let mut base = 0;

@@ -1,0 +1,78 @@
+"""Cross-entropy benchmark and CI gate: ours vs F.cross_entropy, one run, plus peak memory.
+
+Floors sit well under the measured ratios (see benches/results/ce.json) so that a noisy 2-core
+machine passes, yet losing the fused single pass or the parallel path fails. The peak-memory
+test holds the issue's budget: at most one logits-sized buffer beyond the logits (none in the
+in-place mode), against torch's two (its saved log-softmax and the gradient).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from bigmodel_native.benchmarks import cross_entropy as ce
+from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, time_case, write_json
+
+#: case name -> [(baseline, floor on baseline_time / our_time)]
+FLOORS = {
+    "a: (4096, 32000) fp32 fwd": [("torch", 2.0)],
+    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 1.5)],
+    "b: (4096, 32000) bf16 fwd": [("torch", 1.2)],
+    "b: (4096, 32000) bf16 fwd+bwd": [("torch", 1.5)],
+    "c: (64, 10) fp32 fwd": [("torch", 0.15)],
+    "c: (64, 10) fp32 fwd+bwd": [("torch", 0.3)],
+}
+SHAPE = (4096, 32000)
+
+
+@pytest.fixture(scope="module")
+def memory(threads: int) -> dict[str, int]:
+    n, c = SHAPE
+    return {p: ce.peak_extra_bytes(p, n, c, torch.float32, threads) for p in (OURS, ce.TORCH, ce.INPLACE)}
+
+
+@pytest.fixture(scope="module")
+def results(threads: int, results_dir: Path, memory: dict[str, int]) -> dict[str, CaseResult]:
+    out = {c.name: time_case(c) for c in ce.cases()}
+    ratios: dict[str, object] = {
+        f"{name} vs {base}": round(r.ratio(base), 3)
+        for name, r in out.items()
+        for base in r.results
+        if base != OURS
+    }
+    logits = SHAPE[0] * SHAPE[1] * 4
+    ratios["peak extra memory, fp32 (4096, 32000) fwd+bwd, in logits-sized buffers"] = {
+        p: round(b / logits, 3) for p, b in memory.items()
+    }
+    write_json(results_dir / "ce.json", "ce", threads, list(out.values()), ratios)
+    print("\n" + format_table(list(out.values())))
+    print({p: f"{b / 2**20:.0f} MiB" for p, b in memory.items()})
+    return out
+
+
+@pytest.mark.parametrize("name", list(FLOORS))
+def test_ce_ratio_floors(results: dict[str, CaseResult], name: str) -> None:
+    r = results[name]
+    for baseline, floor in FLOORS[name]:
+        assert r.ratio(baseline) >= floor, f"{r.case}: {r.ratio(baseline):.2f}x vs {baseline}, floor {floor}"
+
+
+def test_inplace_mode_is_not_slower(results: dict[str, CaseResult]) -> None:
+    r = results["a: (4096, 32000) fp32 fwd+bwd"]
+    # It skips allocating (and faulting in) a gradient buffer; 15% noise margin.
+    assert r.results[ce.INPLACE].median_s <= 1.15 * r.results[OURS].median_s
+
+
+def test_peak_memory(memory: dict[str, int]) -> None:
+    logits = SHAPE[0] * SHAPE[1] * 4
+    assert memory[OURS] <= 1.1 * logits, memory
+    assert memory[ce.INPLACE] <= 0.1 * logits, memory
+    assert memory[ce.TORCH] >= 1.5 * logits, memory  # the baseline really keeps two buffers
+
+
+def test_ce_pytest_benchmark(benchmark, threads: int) -> None:
+    """Our (4096, 32000) fp32 forward+backward under pytest-benchmark's own statistics."""
+    (case,) = [c for c in ce.cases(quick=True) if c.name == "a: (4096, 32000) fp32 fwd+bwd"]
+    benchmark.pedantic(case.providers[OURS], rounds=5, warmup_rounds=1)
