@@ -117,7 +117,8 @@ def case_pair(
     ]
 
 
-def cases(quick: bool = False) -> list[Case]:
+def cases(quick: bool = False, large: bool | None = None) -> list[Case]:
+    """The suite; ``large`` (default: unless quick) adds the (8192, 128256) bf16 pair."""
     rounds = 5 if quick else 7
     out = [
         *case_pair("a: (4096, 32000) fp32", 4096, 32000, torch.float32, rounds),
@@ -125,7 +126,7 @@ def cases(quick: bool = False) -> list[Case]:
         *case_pair("c: (64, 10) fp32", 64, 10, torch.float32, rounds * 40, inplace=False),
     ]
     # 2.1 GB of logits; torch's forward+backward holds about three times that.
-    if not quick and _mem_available() > 12 << 30:
+    if (not quick if large is None else large) and _mem_available() > 12 << 30:
         out += case_pair("d: (8192, 128256) bf16", 8192, 128256, torch.bfloat16, 3)
     return out
 

@@ -299,19 +299,21 @@ def _eager(*tensors: Tensor | None) -> bool:
 
 
 class _CrossEntropy(torch.autograd.Function):
-    """The same autograd as the op's registration, entered directly.
+    """The op's autograd, entered directly in plain eager mode.
 
     Calling the op through its registered autograd costs several times the kernel at small
-    sizes (torch wraps it in a generic Function per call); this Function runs the same forward
-    and backward (the ops, or their CPU implementations in plain eager mode, see :func:`_eager`)
-    with the same context logic and less Python in between.
+    sizes (torch wraps it in a generic Function and rebinds its signature on every call). This
+    old-style Function (no separate ``setup_context``, so no per-call signature binding) runs
+    the ops' CPU implementations with the same context logic; it is only used where
+    :func:`_eager` holds, and the registered op serves every other mode.
     """
 
     @staticmethod
-    def forward(*args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return (_forward_cpu if _eager(*args[:3]) else OPS.cross_entropy_forward)(*args)
+    def forward(ctx, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = _forward_cpu(*args)
+        _setup_context(ctx, args, out)
+        return out
 
-    setup_context = staticmethod(_setup_context)
     backward = staticmethod(_backward)
 
 
@@ -412,9 +414,11 @@ def _run(
 ) -> Tensor:
     input, target, weight = _check(input, target, weight, ignore_index, label_smoothing)
     args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
+    if not _eager(input, target, weight):
+        return OPS.cross_entropy_forward(*args)[0]
     if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
         return _CrossEntropy.apply(*args)[0]
-    return (_forward_cpu if _eager(input, target, weight) else OPS.cross_entropy_forward)(*args)[0]
+    return _forward_cpu(*args)[0]
 
 
 def cross_entropy(
