@@ -17,10 +17,10 @@ from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, t
 
 #: case name -> [(baseline, floor on baseline_time / our_time)]
 FLOORS = {
-    "a: (4096, 32000) fp32 fwd": [("torch", 2.0)],
-    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 1.5)],
-    "b: (4096, 32000) bf16 fwd": [("torch", 1.2)],
-    "b: (4096, 32000) bf16 fwd+bwd": [("torch", 1.5)],
+    "a: (4096, 32000) fp32 fwd": [("torch", 1.8)],
+    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 1.1)],
+    "b: (4096, 32000) bf16 fwd": [("torch", 1.3)],
+    "b: (4096, 32000) bf16 fwd+bwd": [("torch", 1.1)],
     "c: (64, 10) fp32 fwd": [("torch", 0.15)],
     "c: (64, 10) fp32 fwd+bwd": [("torch", 0.3)],
 }

@@ -314,3 +314,12 @@ def test_inplace_backward_refuses_logits_needed_elsewhere():
     loss = cross_entropy_inplace_backward(logits, t)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (loss + other).backward()
+
+
+def test_torch_compile_fullgraph():
+    x, t = torch.randn(8, 5, requires_grad=True), torch.randint(0, 5, (8,))
+    loss = lambda x, t: cross_entropy(x, t, label_smoothing=0.1)  # noqa: E731
+    fn = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    got, want = fn(x, t), F.cross_entropy(x, t, label_smoothing=0.1)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
