@@ -204,31 +204,6 @@ unsafe fn view_mut<'a, T>(b: Buf, what: &str) -> Result<&'a mut [T]> {
     unsafe { crate::views::slice_mut(b.ptr, b.numel, what) }
 }
 
-/// Asks the kernel to back a fresh output buffer with 2 MiB pages before the kernel first
-/// touches it.
-///
-/// torch allocates large tensors with fresh `mmap`s, so writing a logits-sized gradient takes
-/// one page fault per 4 KiB page (hundreds of thousands per call) unless transparent huge
-/// pages apply; with THP in `madvise` mode (the common default) they apply only on request.
-/// The advice is a hint: it changes no contents, and its failure changes nothing.
-fn advise_huge_pages(b: Buf) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let start = b.ptr.next_multiple_of(HUGE);
-        let end = (b.ptr + b.bytes()) / HUGE * HUGE;
-        if end > start {
-            // SAFETY: [start, end) lies inside the live buffer `b`, which this call is about to
-            // overwrite; MADV_HUGEPAGE only changes how its not-yet-touched pages get backed.
-            unsafe {
-                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = b;
-}
-
 /// Runs `f` with the GIL released: on the calling thread when the call is short (waking the
 /// pool would cost more than the work), else inside the crate's pool.
 fn on_pool<R: Send>(
@@ -426,9 +401,6 @@ pub fn cross_entropy_backward(
     reads.extend(x.map(|x| ("input", x)));
     reads.extend(w.map(|w| ("weight", w)));
     check_disjoint(&[("grad_input", gi)], &reads)?;
-    if x.is_some() {
-        advise_huge_pages(gi);
-    }
     let none = Buf {
         ptr: 0,
         numel: 0,
@@ -519,7 +491,6 @@ pub fn cross_entropy_target_backward(
     ];
     reads.extend(w.map(|w| ("weight", w)));
     check_disjoint(&[("grad_target", gt)], &reads)?;
-    advise_huge_pages(gt);
     let none = Buf {
         ptr: 0,
         numel: 0,
