@@ -18,6 +18,7 @@ use bigmodel_kernels::element::DType;
 use bigmodel_kernels::{pool, Error, Result};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
@@ -70,31 +71,33 @@ fn index_buf(t: &Bound<'_, PyAny>) -> PyResult<Buf> {
     let int64 = INT64.get_or_try_init(py, || {
         PyResult::Ok(py.import("torch")?.getattr("int64")?.unbind())
     })?;
-    if !t.getattr("is_cpu")?.is_truthy()? {
+    if !t.getattr(intern!(py, "is_cpu"))?.is_truthy()? {
         return Err(PyNotImplementedError::new_err(
             "cross_entropy: target is not a CPU tensor",
         ));
     }
-    if !t.getattr("dtype")?.is(int64.bind(py)) {
+    if !t.getattr(intern!(py, "dtype"))?.is(int64.bind(py)) {
         return Err(PyRuntimeError::new_err(
             "cross_entropy: class-index targets must be int64 (torch.long)",
         ));
     }
-    if !t.call_method0("is_contiguous")?.is_truthy()? {
+    if !t.call_method0(intern!(py, "is_contiguous"))?.is_truthy()? {
         return Err(PyRuntimeError::new_err(
             "cross_entropy: target must be contiguous",
         ));
     }
     Ok(Buf {
-        ptr: t.call_method0("data_ptr")?.extract()?,
-        numel: t.getattr("nbytes")?.extract::<usize>()? / 8,
+        ptr: t.call_method0(intern!(py, "data_ptr"))?.extract()?,
+        numel: t.getattr(intern!(py, "nbytes"))?.extract::<usize>()? / 8,
         dtype: None,
     })
 }
 
 /// The target: int64 class indices, or probabilities in the logits' dtype.
 fn target_buf(t: &Bound<'_, PyAny>) -> PyResult<Buf> {
-    if t.getattr("is_floating_point")?.call0()?.is_truthy()? {
+    if t.call_method0(intern!(t.py(), "is_floating_point"))?
+        .is_truthy()?
+    {
         float_buf(t, "target")
     } else {
         index_buf(t)

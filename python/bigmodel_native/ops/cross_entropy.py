@@ -117,15 +117,17 @@ def _forward_cpu(
     prob = target.is_floating_point()
     if not prob:
         target = _index_target(target)
-    rows, asum_rows = _stats(input, prob)
+    outer, classes, inner = _layout(input)
+    rows = outer * inner
     acc = _acc(input.dtype)
     loss = torch.empty(_loss_shape(input, target, reduction), dtype=input.dtype)
     lse = torch.empty(rows, dtype=acc)
-    asum = torch.empty(asum_rows, dtype=acc)
+    asum = torch.empty(rows if prob else 0, dtype=acc)
     total_weight = torch.empty(1, dtype=acc)
     _native.cross_entropy_forward(
         input.contiguous(), target.contiguous(), _opt(weight), loss, lse, asum, total_weight,
-        ignore_index=ignore_index, **_kw(input, reduction, label_smoothing),
+        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, num_threads=get_num_threads(),
     )  # fmt: skip
     return loss, lse, asum, total_weight
 
