@@ -177,6 +177,10 @@ BAD = {
     "1-d input, 2 targets": lambda: ((torch.randn(5), torch.tensor([0, 1])), {}),
     "2-d target": lambda: ((torch.randn(4, 5), torch.zeros(4, 1, dtype=torch.long)), {}),
     "0-d input": lambda: ((torch.randn(()), torch.tensor(0.0)), {}),
+    "weight requiring grad": lambda: (
+        (torch.randn(3, 5), torch.tensor([0, 1, 2])),
+        dict(weight=torch.rand(5, requires_grad=True)),
+    ),
     "integer input": lambda: ((torch.randn(2, 5, 3).int(), torch.zeros(2, 3, dtype=torch.long)), {}),
 }
 

@@ -347,6 +347,11 @@ def _check(
         if label_smoothing > 1.0:
             raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
         _check_weight(weight, classes)
+        if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                "bigmodel_native.ops.cross_entropy: the gradient with respect to weight is not implemented; "
+                "pass weight.detach() or use torch.nn.functional.cross_entropy"
+            )
         dtype = torch.promote_types(input.dtype, target.dtype)
         if weight is not None:
             dtype = torch.promote_types(dtype, weight.dtype)
@@ -382,6 +387,11 @@ def _check(
         if list(target.shape) != want:
             raise RuntimeError(f"Expected target size {want}, got {list(target.shape)}")
     _check_weight(weight, classes)
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
+            "This input cannot have requires_grad True."
+        )
     if weight is not None and weight.dtype != input.dtype:
         raise RuntimeError(f"expected scalar type {_scalar(input)} but found {_scalar(weight)}")
     return input, target, weight
