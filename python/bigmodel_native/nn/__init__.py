@@ -7,4 +7,6 @@ checkpoints.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .cross_entropy import CrossEntropyLoss
+
+__all__: list[str] = ["CrossEntropyLoss"]

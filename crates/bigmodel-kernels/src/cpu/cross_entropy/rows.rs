@@ -1,0 +1,263 @@
+//! The contiguous `(N, C)` layout: one row per sample, its classes adjacent.
+//!
+//! The forward reads each row once in L1-sized blocks ([`seg_stats`]); the backward writes
+//! `g (A exp(x - lse) - a_c)` row by row and patches the target entry. When there are fewer
+//! rows than twice the threads and rows are long, each row's columns are split into blocks
+//! handled by different threads and their (max, sums) merged.
+
+use super::*;
+
+pub(super) fn forward<T: CeElement>(
+    job: &Job<'_, T>,
+    mode: u8,
+    x: &[T],
+    lse: &mut [T::Acc],
+    asum: &mut [T::Acc],
+    loss: &mut [T],
+) -> f64 {
+    let (rows, c) = (lse.len(), job.classes);
+    if c >= 2 * COL_BLOCK {
+        let threads = rayon::current_num_threads();
+        if rows < 2 * threads && threads > 1 {
+            return forward_split_columns(job, mode, x, lse, asum, loss, threads);
+        }
+    }
+    let per = TASK_ELEMS.div_ceil(c.max(1)).max(1);
+    run_all(split_rows(lse, asum, loss, per), |out| {
+        fwd_chunk(job, mode, x, out)
+    })
+}
+
+crate::dispatch_isa! {
+    fn fwd_chunk<T: CeElement>(job: &Job<'_, T>, mode: u8, x: &[T], out: RowOut<'_, T>) -> f64 {
+        match (mode, job.w.is_empty()) {
+            // Plain mode reads the weight only at the target, outside the vector loops.
+            (PLAIN, _) => fwd_rows::<T, PLAIN, false>(job, x, out),
+            (SMOOTH, true) => fwd_rows::<T, SMOOTH, false>(job, x, out),
+            (SMOOTH, false) => fwd_rows::<T, SMOOTH, true>(job, x, out),
+            (_, true) => fwd_rows::<T, PROB, false>(job, x, out),
+            (_, false) => fwd_rows::<T, PROB, true>(job, x, out),
+        }
+    }
+}
+
+#[inline(always)]
+fn fwd_rows<T: CeElement, const M: u8, const W: bool>(
+    job: &Job<'_, T>,
+    x: &[T],
+    out: RowOut<'_, T>,
+) -> f64 {
+    let c = job.classes;
+    let mut sum = 0.0f64;
+    for i in 0..out.lse.len() {
+        let r = out.r0 + i;
+        let xr = &x[r * c..(r + 1) * c];
+        let pr = if M == PROB {
+            &job.prob[r * c..(r + 1) * c]
+        } else {
+            &[]
+        };
+        let st = seg_stats::<T, M, W>(xr, job.w, pr, job.keep, job.add);
+        let (loss, lse) = row_result::<T, M>(&st, job, r, xr);
+        out.lse[i] = lse;
+        if M == PROB {
+            out.asum[i] = st.asum;
+        }
+        if let Some(l) = out.loss.get_mut(i) {
+            *l = T::store(loss);
+        }
+        sum += loss.to_f64();
+    }
+    sum
+}
+
+/// [`finalize`] for row `r` of the contiguous layout (`xr` is the row).
+#[inline(always)]
+fn row_result<T: CeElement, const M: u8>(
+    st: &Stats<T::Acc>,
+    job: &Job<'_, T>,
+    r: usize,
+    xr: &[T],
+) -> (T::Acc, T::Acc) {
+    let target = if M == PROB {
+        None
+    } else {
+        job.class(r).map(|t| (t, xr[t].load()))
+    };
+    finalize::<T, M>(st, job, target)
+}
+
+/// Few long rows: each row's columns are cut into blocks handled by different threads.
+fn forward_split_columns<T: CeElement>(
+    job: &Job<'_, T>,
+    mode: u8,
+    x: &[T],
+    lse: &mut [T::Acc],
+    asum: &mut [T::Acc],
+    loss: &mut [T],
+    threads: usize,
+) -> f64 {
+    let c = job.classes;
+    let block = c.div_ceil(4 * threads).max(COL_BLOCK);
+    let mut sum = 0.0;
+    for r in 0..lse.len() {
+        let xr = &x[r * c..(r + 1) * c];
+        let parts: Vec<Stats<T::Acc>> = (0..c.div_ceil(block))
+            .into_par_iter()
+            .map(|b| {
+                let (c0, c1) = (b * block, ((b + 1) * block).min(c));
+                seg_chunk(job, mode, xr, r, c0, c1)
+            })
+            .collect();
+        let st = parts
+            .into_iter()
+            .fold(Stats::empty::<T>(), |a, b| a.merge::<T>(b));
+        let (l, e) = match mode {
+            PLAIN => row_result::<T, PLAIN>(&st, job, r, xr),
+            SMOOTH => row_result::<T, SMOOTH>(&st, job, r, xr),
+            _ => row_result::<T, PROB>(&st, job, r, xr),
+        };
+        lse[r] = e;
+        if mode == PROB {
+            asum[r] = st.asum;
+        }
+        if let Some(v) = loss.get_mut(r) {
+            *v = T::store(l);
+        }
+        sum += l.to_f64();
+    }
+    sum
+}
+
+crate::dispatch_isa! {
+    fn seg_chunk<T: CeElement>(job: &Job<'_, T>, mode: u8, xr: &[T], r: usize, c0: usize, c1: usize) -> Stats<T::Acc> {
+        let c = job.classes;
+        let w = if job.w.is_empty() { job.w } else { &job.w[c0..c1] };
+        let p = if mode == PROB { &job.prob[r * c + c0..r * c + c1] } else { job.prob };
+        let xs = &xr[c0..c1];
+        match (mode, job.w.is_empty()) {
+            (PLAIN, _) => seg_stats::<T, PLAIN, false>(xs, w, p, job.keep, job.add),
+            (SMOOTH, true) => seg_stats::<T, SMOOTH, false>(xs, w, p, job.keep, job.add),
+            (SMOOTH, false) => seg_stats::<T, SMOOTH, true>(xs, w, p, job.keep, job.add),
+            (_, true) => seg_stats::<T, PROB, false>(xs, w, p, job.keep, job.add),
+            (_, false) => seg_stats::<T, PROB, true>(xs, w, p, job.keep, job.add),
+        }
+    }
+}
+
+pub(super) fn backward<T: CeElement>(g: &BwdArgs<'_, T>, x: Option<&[T]>, dst: &mut [T]) {
+    let c = g.job.classes;
+    let rows = g.lse.len();
+    if c == 0 {
+        return;
+    }
+    // Only long rows consult the pool (short calls run outside it, see `CeParams::is_serial`).
+    let threads = if c >= 2 * COL_BLOCK {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let block = if rows < 2 * threads && threads > 1 {
+        c.div_ceil(4 * threads).max(COL_BLOCK)
+    } else {
+        c
+    };
+    let per = if block < c {
+        1
+    } else {
+        TASK_ELEMS.div_ceil(c).max(1)
+    };
+    // Tasks are (first row, first column, piece of grad_input): whole runs of rows, or one
+    // column block of one row when rows are split.
+    let mut tasks = Vec::new();
+    for (i, chunk) in dst.chunks_mut(per * c).enumerate() {
+        if block < c {
+            for (b, piece) in chunk.chunks_mut(block).enumerate() {
+                tasks.push((i * per, b * block, piece));
+            }
+        } else {
+            tasks.push((i * per, 0, chunk));
+        }
+    }
+    run_all(tasks, |(r0, c0, piece)| {
+        bwd_chunk(g, x, r0, c0, piece);
+        0.0
+    });
+}
+
+crate::dispatch_isa! {
+    fn bwd_chunk<T: CeElement>(g: &BwdArgs<'_, T>, x: Option<&[T]>, r0: usize, c0: usize, dst: &mut [T]) {
+        match (g.mode, g.job.w.is_empty(), x) {
+            (PLAIN, _, Some(x)) => bwd_rows::<T, PLAIN, false, false>(g, x, r0, c0, dst),
+            (PLAIN, _, None) => bwd_rows::<T, PLAIN, false, true>(g, &[], r0, c0, dst),
+            (SMOOTH, true, Some(x)) => bwd_rows::<T, SMOOTH, false, false>(g, x, r0, c0, dst),
+            (SMOOTH, true, None) => bwd_rows::<T, SMOOTH, false, true>(g, &[], r0, c0, dst),
+            (SMOOTH, false, Some(x)) => bwd_rows::<T, SMOOTH, true, false>(g, x, r0, c0, dst),
+            (SMOOTH, false, None) => bwd_rows::<T, SMOOTH, true, true>(g, &[], r0, c0, dst),
+            (_, true, Some(x)) => bwd_rows::<T, PROB, false, false>(g, x, r0, c0, dst),
+            (_, true, None) => bwd_rows::<T, PROB, false, true>(g, &[], r0, c0, dst),
+            (_, false, Some(x)) => bwd_rows::<T, PROB, true, false>(g, x, r0, c0, dst),
+            (_, false, None) => bwd_rows::<T, PROB, true, true>(g, &[], r0, c0, dst),
+        }
+    }
+}
+
+/// Gradient of whole rows from `r0` (`c0 = 0`, `dst` a multiple of C long), or of the column
+/// block `[c0, c0 + dst.len())` of row `r0`. In place when `INPLACE` (then `x` is unused).
+#[inline(always)]
+fn bwd_rows<T: CeElement, const M: u8, const W: bool, const INPLACE: bool>(
+    g: &BwdArgs<'_, T>,
+    x: &[T],
+    r0: usize,
+    c0: usize,
+    dst: &mut [T],
+) {
+    let job = g.job;
+    let c = job.classes;
+    let width = if c0 == 0 && dst.len() >= c {
+        c
+    } else {
+        dst.len()
+    };
+    for (i, out) in dst.chunks_mut(width).enumerate() {
+        let r = r0 + i;
+        let base = r * c + c0;
+        let n = out.len();
+        let (gr, a, t) = row_grad_consts::<T, M>(job, r, g.up.of(g.grad_output, r), g.asum);
+        let t = t.filter(|&t| t >= c0 && t < c0 + n).map(|t| t - c0);
+        let xt = t.map(|t| {
+            if INPLACE {
+                out[t].load()
+            } else {
+                x[base + t].load()
+            }
+        });
+        let lse = g.lse[r];
+        let w = if W { &job.w[c0..c0 + n] } else { &[] };
+        let p = if M == PROB {
+            &job.prob[base..base + n]
+        } else {
+            &[]
+        };
+        let ga = gr * a;
+        // coef() gives w_c for smoothing (the forward scales the smooth sum by ls / C once).
+        let gc = if M == SMOOTH { gr * job.add } else { gr };
+        let f = |j: usize, v: T::Acc| {
+            ga * T::exp_acc(v - lse) - gc * coef::<T, M, W>(w, p, j, job.keep, job.add)
+        };
+        if INPLACE {
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = T::store(f(j, o.load()));
+            }
+        } else {
+            let xs = &x[base..base + n];
+            for (j, (o, v)) in out.iter_mut().zip(xs).enumerate() {
+                *o = T::store(f(j, v.load()));
+            }
+        }
+        if let (Some(t), Some(xt)) = (t, xt) {
+            let wt = job.weight_of(t + c0);
+            out[t] = T::store(f(t, xt) - gr * job.keep * wt);
+        }
+    }
+}

@@ -1,0 +1,512 @@
+"""Fused softmax cross-entropy: a drop-in for ``torch.nn.functional.cross_entropy`` on CPU.
+
+:func:`cross_entropy` takes F.cross_entropy's exact arguments and has its semantics: class-index
+targets (int64 or uint8) and class-probability targets (shaped like the input); inputs ``(N, C)``,
+``(C,)`` and ``(N, C, d1, ..., dk)``; ``weight``; ``ignore_index``; reductions ``"none"``,
+``"mean"`` (torch's weighted mean) and ``"sum"``; ``label_smoothing`` with torch's definition;
+the legacy ``size_average`` / ``reduce``. Bad arguments raise torch's exception classes with
+torch's messages.
+
+The Rust kernel reads the logits once in the forward, with an online maximum and log-sum-exp,
+and keeps only one log-sum-exp per row (never a softmax) for the backward, which writes
+``softmax - target`` (smoothing and weights folded in) in one pass.
+
+Ops (``torch.ops.bigmodel_native.*``), each with a fake kernel:
+
+- ``cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing)
+  -> (loss, lse, asum, total_weight)``, differentiable through ``register_autograd``;
+- ``cross_entropy_backward(...) -> grad_input`` and ``cross_entropy_target_backward(...)``;
+- ``cross_entropy_backward_(...)``: the in-place backward, which overwrites the logits with
+  their gradient (see :func:`cross_entropy_inplace_backward`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction as _Reduction
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
+from .. import _native
+from .._threads import get_num_threads
+from ._library import LIB
+
+_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+OPS = torch.ops.bigmodel_native
+
+LIB.define(
+    "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+    "float label_smoothing, bool inplace_backward=False) -> (Tensor, Tensor, Tensor, Tensor)"
+)
+LIB.define(
+    "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
+    "Tensor asum, Tensor total_weight, int reduction, int ignore_index, float label_smoothing) -> Tensor"
+)
+LIB.define(
+    "cross_entropy_backward_(Tensor grad_output, Tensor(a!) input, Tensor target, Tensor? weight, "
+    "Tensor lse, Tensor asum, Tensor total_weight, int reduction, int ignore_index, "
+    "float label_smoothing) -> ()"
+)
+LIB.define(
+    "cross_entropy_target_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor lse, "
+    "Tensor total_weight, int reduction, float label_smoothing) -> Tensor"
+)
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def _layout(input: Tensor) -> tuple[int, int, int]:
+    """(outer, classes, inner) of the kernel's ``(outer, C, inner)`` view of the logits."""
+    if input.dim() == 1:
+        return 1, input.shape[0], 1
+    return input.shape[0], input.shape[1], math.prod(input.shape[2:])
+
+
+def _loss_shape(input: Tensor, target: Tensor, reduction: int) -> tuple[int, ...]:
+    if reduction != 0 or input.dim() == 1:
+        return ()
+    return (input.shape[0], *input.shape[2:])
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _stats(input: Tensor, prob: bool) -> tuple[int, int]:
+    outer, _, inner = _layout(input)
+    rows = outer * inner
+    return rows, rows if prob else 0
+
+
+def _kw(input: Tensor, reduction: int, label_smoothing: float) -> dict:
+    outer, classes, inner = _layout(input)
+    return dict(
+        outer=outer,
+        classes=classes,
+        inner=inner,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        num_threads=get_num_threads(),
+    )
+
+
+def _index_target(target: Tensor) -> Tensor:
+    return target if target.dtype == torch.int64 else target.long()
+
+
+def _opt(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+# ----------------------------------------------------------------------------- CPU kernels
+
+
+def _forward_cpu(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    prob = target.is_floating_point()
+    if not prob:
+        target = _index_target(target)
+    outer, classes, inner = _layout(input)
+    rows = outer * inner
+    acc = _acc(input.dtype)
+    loss = torch.empty(_loss_shape(input, target, reduction), dtype=input.dtype)
+    lse = torch.empty(rows, dtype=acc)
+    asum = torch.empty(rows if prob else 0, dtype=acc)
+    total_weight = torch.empty(1, dtype=acc)
+    _native.cross_entropy_forward(
+        input.contiguous(), target.contiguous(), _opt(weight), loss, lse, asum, total_weight,
+        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, num_threads=get_num_threads(),
+    )  # fmt: skip
+    return loss, lse, asum, total_weight
+
+
+def _forward_fake(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    prob = target.is_floating_point()
+    rows, asum_rows = _stats(input, prob)
+    acc = _acc(input.dtype)
+    return (
+        input.new_empty(_loss_shape(input, target, reduction)),
+        input.new_empty(rows, dtype=acc),
+        input.new_empty(asum_rows, dtype=acc),
+        input.new_empty(1, dtype=acc),
+    )
+
+
+def _backward_cpu(
+    grad_output: Tensor,
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    asum: Tensor,
+    total_weight: Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> Tensor:
+    if not target.is_floating_point():
+        target = _index_target(target)
+    grad_input = torch.empty(input.shape, dtype=input.dtype)
+    _native.cross_entropy_backward(
+        grad_output.contiguous(), input.contiguous(), grad_input, target.contiguous(), _opt(weight),
+        lse.contiguous(), asum.contiguous(), total_weight.contiguous(),
+        ignore_index=ignore_index, **_kw(input, reduction, label_smoothing),
+    )  # fmt: skip
+    return grad_input
+
+
+def _backward_fake(grad_output: Tensor, input: Tensor, *args: object) -> Tensor:
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+def _backward_inplace_cpu(
+    grad_output: Tensor,
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    asum: Tensor,
+    total_weight: Tensor,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+) -> None:
+    if not input.is_contiguous():
+        raise RuntimeError("cross_entropy_backward_: the logits must be contiguous to hold their gradient")
+    if not target.is_floating_point():
+        target = _index_target(target)
+    _native.cross_entropy_backward(
+        grad_output.contiguous(), None, input, target.contiguous(), _opt(weight),
+        lse.contiguous(), asum.contiguous(), total_weight.contiguous(),
+        ignore_index=ignore_index, **_kw(input, reduction, label_smoothing),
+    )  # fmt: skip
+    torch._C._increment_version(input)
+
+
+def _backward_inplace_fake(*args: object) -> None:
+    return None
+
+
+def _target_backward_cpu(
+    grad_output: Tensor,
+    input: Tensor,
+    weight: Tensor | None,
+    lse: Tensor,
+    total_weight: Tensor,
+    reduction: int,
+    label_smoothing: float,
+) -> Tensor:
+    grad_target = torch.empty(input.shape, dtype=input.dtype)
+    _native.cross_entropy_target_backward(
+        grad_output.contiguous(), input.contiguous(), _opt(weight), lse.contiguous(),
+        total_weight.contiguous(), grad_target, **_kw(input, reduction, label_smoothing),
+    )  # fmt: skip
+    return grad_target
+
+
+def _target_backward_fake(grad_output: Tensor, input: Tensor, *args: object) -> Tensor:
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+LIB.impl("cross_entropy_forward", _forward_cpu, "CPU")
+LIB.impl("cross_entropy_backward", _backward_cpu, "CPU")
+LIB.impl("cross_entropy_backward_", _backward_inplace_cpu, "CPU")
+LIB.impl("cross_entropy_target_backward", _target_backward_cpu, "CPU")
+torch.library.register_fake("bigmodel_native::cross_entropy_forward", _forward_fake, lib=LIB)
+torch.library.register_fake("bigmodel_native::cross_entropy_backward", _backward_fake, lib=LIB)
+torch.library.register_fake("bigmodel_native::cross_entropy_backward_", _backward_inplace_fake, lib=LIB)
+torch.library.register_fake("bigmodel_native::cross_entropy_target_backward", _target_backward_fake, lib=LIB)
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    input, target, weight, reduction, ignore_index, label_smoothing, *rest = inputs
+    inplace = bool(rest and rest[0])
+    _, lse, asum, total_weight = output
+    ctx.save_for_backward(input, target, weight, lse, asum, total_weight)
+    ctx.args = (reduction, ignore_index, label_smoothing)
+    ctx.inplace = inplace
+    ctx.mark_non_differentiable(lse, asum, total_weight)
+
+
+def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
+    input, target, weight, lse, asum, total_weight = ctx.saved_tensors
+    reduction, ignore_index, label_smoothing = ctx.args
+    direct = _eager(grad_loss)
+    grad_input = grad_target = None
+    if ctx.needs_input_grad[0]:
+        args = (
+            grad_loss,
+            input,
+            target,
+            weight,
+            lse,
+            asum,
+            total_weight,
+            reduction,
+            ignore_index,
+            label_smoothing,
+        )
+        if ctx.inplace:
+            (_backward_inplace_cpu if direct else OPS.cross_entropy_backward_)(*args)
+            grad_input = input
+        else:
+            grad_input = (_backward_cpu if direct else OPS.cross_entropy_backward)(*args)
+    if ctx.needs_input_grad[1]:
+        args = (grad_loss, input, weight, lse, total_weight, reduction, label_smoothing)
+        grad_target = (_target_backward_cpu if direct else OPS.cross_entropy_target_backward)(*args)
+    return grad_input, grad_target, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "bigmodel_native::cross_entropy_forward", _backward, setup_context=_setup_context, lib=LIB
+)
+
+
+def _eager(*tensors: Tensor | None) -> bool:
+    """Whether the ops' CPU implementations may be called directly, skipping the dispatcher.
+
+    Each trip through the dispatcher into a Python kernel costs tens of microseconds, several
+    times the kernel at small sizes. In plain eager mode on plain tensors the dispatcher would
+    route to these same functions; under ``torch.compile``, a dispatch mode (fake tensors,
+    functionalization), functorch transforms or tensor subclasses the registered ops are used.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """The op's autograd, entered directly in plain eager mode.
+
+    Calling the op through its registered autograd costs several times the kernel at small
+    sizes (torch wraps it in a generic Function and rebinds its signature on every call). This
+    old-style Function (no separate ``setup_context``, so no per-call signature binding) runs
+    the ops' CPU implementations with the same context logic; it is only used where
+    :func:`_eager` holds, and the registered op serves every other mode.
+    """
+
+    @staticmethod
+    def forward(ctx, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = _forward_cpu(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    backward = staticmethod(_backward)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _check(
+    input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, label_smoothing: float
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """torch's argument checks, in torch's order, with its exception classes and messages."""
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None and t.device.type != "cpu":
+            raise NotImplementedError(
+                f"bigmodel_native.ops.cross_entropy: {name} is on {t.device}; the kernel runs on CPU tensors"
+            )
+    if input.dim() == 0:
+        raise IndexError("Dimension specified as 1 but tensor has no dimensions")
+    if input.dtype not in _FLOATS:
+        kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
+        raise NotImplementedError(f"\"{kernel}\" not implemented for '{_scalar(input)}'")
+    classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    if input.shape == target.shape:  # class probabilities
+        if not target.is_floating_point():
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got {_scalar(target)}"
+            )
+        if ignore_index >= 0:
+            raise RuntimeError("ignore_index is not supported for floating point target")
+        if label_smoothing > 1.0:
+            raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+        _check_weight(weight, classes)
+        if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+            raise NotImplementedError(
+                "bigmodel_native.ops.cross_entropy: the gradient with respect to weight is not implemented; "
+                "pass weight.detach() or use torch.nn.functional.cross_entropy"
+            )
+        dtype = torch.promote_types(input.dtype, target.dtype)
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+        if dtype not in _FLOATS:
+            raise NotImplementedError(f"bigmodel_native.ops.cross_entropy: unsupported dtype {dtype}")
+        return input.to(dtype), target.to(dtype), None if weight is None else weight.to(dtype)
+    if label_smoothing > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    if target.dtype not in (torch.int64, torch.uint8):
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_scalar(target)}")
+    if input.dim() == 1:
+        if target.dim() > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        if target.dim() == 1 and target.shape[0] != 1:
+            raise ValueError(
+                f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}"
+            )
+    elif input.dim() == 2:
+        if target.dim() > 1:
+            raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+        if target.dim() == 0 or target.shape[0] != input.shape[0]:
+            n = target.shape[0] if target.dim() else 1
+            raise ValueError(
+                f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({n})."
+            )
+    else:
+        if target.dim() >= 1 and target.shape[0] != input.shape[0]:
+            raise ValueError(
+                f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+                f"({target.shape[0]})."
+            )
+        want = [input.shape[0], *input.shape[2:]]
+        if list(target.shape) != want:
+            raise RuntimeError(f"Expected target size {want}, got {list(target.shape)}")
+    _check_weight(weight, classes)
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
+            "This input cannot have requires_grad True."
+        )
+    if weight is not None and weight.dtype != input.dtype:
+        raise RuntimeError(f"expected scalar type {_scalar(input)} but found {_scalar(weight)}")
+    return input, target, weight
+
+
+def _check_weight(weight: Tensor | None, classes: int) -> None:
+    if weight is not None and (weight.dim() != 1 or weight.numel() != classes):
+        raise RuntimeError(
+            f"weight tensor should be defined either for all {classes} classes or no classes but got "
+            f"weight tensor of shape: {list(weight.shape)}"
+        )
+
+
+def _scalar(t: Tensor) -> str:
+    """torch's C++ name of a tensor's dtype (``Float``, ``Long``, ...) as its messages spell it."""
+    return {
+        torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+        torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+        torch.uint8: "Byte", torch.bool: "Bool", torch.complex64: "ComplexFloat",
+        torch.complex128: "ComplexDouble",
+    }.get(t.dtype, str(t.dtype).removeprefix("torch."))  # fmt: skip
+
+
+def _reduction_enum(size_average: bool | None, reduce: bool | None, reduction: str) -> int:
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    return _Reduction.get_enum(reduction)
+
+
+def _run(
+    input, target, weight, ignore_index, reduction: int, label_smoothing: float, inplace: bool
+) -> Tensor:
+    input, target, weight = _check(input, target, weight, ignore_index, label_smoothing)
+    args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
+    if not _eager(input, target, weight):
+        return OPS.cross_entropy_forward(*args)[0]
+    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
+        return _CrossEntropy.apply(*args)[0]
+    return _forward_cpu(*args)[0]
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    ignore_index: int = -100,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``torch.nn.functional.cross_entropy`` computed by the fused Rust kernel (CPU tensors)."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
+            ignore_index=ignore_index, reduce=reduce, reduction=reduction, label_smoothing=label_smoothing,
+        )  # fmt: skip
+    red = _reduction_enum(size_average, reduce, reduction)
+    return _run(input, target, weight, ignore_index, red, label_smoothing, False)
+
+
+def cross_entropy_inplace_backward(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """:func:`cross_entropy` whose backward writes the gradient into the logits' own buffer.
+
+    The loss then costs no logits-sized memory beyond the logits themselves (as Liger Kernel's
+    fused loss does): after ``backward()`` the tensor passed as ``input`` holds its gradient,
+    not the logits. It is for logits that nothing else needs, typically the output of the last
+    linear layer. It refuses, with a RuntimeError, logits that:
+
+    - are a leaf tensor (a parameter or user data: its values would be destroyed), or a view of
+      one;
+    - are not contiguous (the gradient is written in the kernel's layout);
+    - were saved by the operation that produced them for its own backward (e.g. ``exp``,
+      ``sigmoid``, ``softmax``), which would read the gradient instead.
+
+    If another operation saved the logits (or a view of them) for its backward, torch's version
+    counter, which the in-place backward bumps, makes that operation's backward raise ("one of
+    the variables needed for gradient computation has been modified by an inplace operation")
+    instead of computing a wrong gradient.
+    """
+    red = _Reduction.get_enum(reduction)
+    if input.requires_grad and torch.is_grad_enabled():
+        _check_inplace(input)
+    return _run(input, target, weight, ignore_index, red, label_smoothing, True)
+
+
+def _check_inplace(input: Tensor) -> None:
+    base = input._base if input._base is not None else input
+    if base.is_leaf:
+        raise RuntimeError(
+            "cross_entropy_inplace_backward: the logits are a leaf tensor (or a view of one); writing their "
+            "gradient into them would destroy the tensor. Use bigmodel_native.ops.cross_entropy instead."
+        )
+    if not input.is_contiguous():
+        raise RuntimeError(
+            "cross_entropy_inplace_backward: the logits must be contiguous to hold their gradient; "
+            "use bigmodel_native.ops.cross_entropy instead."
+        )
+    fn = input.grad_fn
+    for name in dir(fn) if fn is not None else ():
+        if name.startswith("_saved_"):
+            saved = getattr(fn, name)
+            if (
+                isinstance(saved, Tensor)
+                and saved.untyped_storage().data_ptr() == input.untyped_storage().data_ptr()
+            ):
+                raise RuntimeError(
+                    f"cross_entropy_inplace_backward: the logits are needed by {fn.name()} for its own "
+                    "backward, so their buffer cannot hold the gradient. "
+                    "Use bigmodel_native.ops.cross_entropy instead."
+                )
