@@ -7,4 +7,6 @@ checkpoints.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .conv2d import Conv2d
+
+__all__: list[str] = ["Conv2d"]

@@ -7,5 +7,6 @@ checks torch users expect, a fake kernel for tracing, and autograd where the op 
 from __future__ import annotations
 
 from .adam import adam_step_
+from .conv2d import conv2d
 
-__all__ = ["adam_step_"]
+__all__ = ["adam_step_", "conv2d"]

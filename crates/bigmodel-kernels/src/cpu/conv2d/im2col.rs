@@ -1,0 +1,259 @@
+//! im2col and col2im for one (image, group) slab.
+//!
+//! The column matrix has one row per (input channel, kernel row, kernel column) of the group,
+//! `K = cg * kh * kw` rows, and one column per output pixel. Several images of a block share one
+//! column matrix side by side: image `i` of the block owns columns `i * P .. (i + 1) * P` of a
+//! matrix whose leading dimension is `ld = nb * P`. The valid range of output columns for each
+//! kernel tap is computed up front, so the inner loops carry no bounds branches and the
+//! stride-1 case is a plain copy that vectorises.
+
+use crate::element::{Element, Real};
+
+/// The geometry of one convolution, as the kernels need it (all already validated).
+#[derive(Clone, Copy, Debug)]
+pub struct Geom {
+    /// Input channels per group.
+    pub cg: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    /// Zero padding before the first row / column (the far side needs no number: reads past the
+    /// input's end are zeros).
+    pub pt: usize,
+    pub pl: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Geom {
+    /// Rows of the column matrix.
+    pub fn k(&self) -> usize {
+        self.cg * self.kh * self.kw
+    }
+
+    /// Output pixels of one image.
+    pub fn p(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Input elements of one image and group.
+    pub fn slab(&self) -> usize {
+        self.cg * self.h * self.w
+    }
+
+    /// The output positions `[lo, hi)` along one axis whose input index `o * s + off` falls
+    /// inside `[0, n)`.
+    #[inline(always)]
+    fn valid(out: usize, s: usize, off: isize, n: usize) -> (usize, usize) {
+        let lo = if off >= 0 {
+            0
+        } else {
+            ((-off) as usize).div_ceil(s)
+        };
+        let end = n as isize - off;
+        let hi = if end <= 0 {
+            0
+        } else {
+            (end as usize).div_ceil(s)
+        };
+        let hi = hi.min(out);
+        (lo.min(hi), hi)
+    }
+}
+
+crate::dispatch_isa! {
+    fn im2col_body<E: Element>(g: &Geom, src: &[E], col: &mut [E::Acc], ld: usize, col0: usize) {
+        let (hw, p) = (g.h * g.w, g.p());
+        let zero = <E::Acc as Real>::ZERO;
+        for c in 0..g.cg {
+            let plane = &src[c * hw..(c + 1) * hw];
+            for ki in 0..g.kh {
+                let offy = (ki * g.dh) as isize - g.pt as isize;
+                let (ylo, yhi) = Geom::valid(g.oh, g.sh, offy, g.h);
+                for kj in 0..g.kw {
+                    let row = (c * g.kh + ki) * g.kw + kj;
+                    let dst = &mut col[row * ld + col0..row * ld + col0 + p];
+                    let offx = (kj * g.dw) as isize - g.pl as isize;
+                    let (xlo, xhi) = Geom::valid(g.ow, g.sw, offx, g.w);
+                    dst[..ylo * g.ow].fill(zero);
+                    dst[yhi * g.ow..].fill(zero);
+                    for oy in ylo..yhi {
+                        let iy = (oy * g.sh) as isize + offy;
+                        let line = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        let out = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                        out[..xlo].fill(zero);
+                        out[xhi..].fill(zero);
+                        if xlo < xhi {
+                            let ix0 = ((xlo * g.sw) as isize + offx) as usize;
+                            if g.sw == 1 {
+                                for (o, s) in out[xlo..xhi].iter_mut().zip(&line[ix0..ix0 + xhi - xlo]) {
+                                    *o = s.load();
+                                }
+                            } else {
+                                for (j, o) in out[xlo..xhi].iter_mut().enumerate() {
+                                    *o = line[ix0 + j * g.sw].load();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+crate::dispatch_isa! {
+    fn col2im_body<A: Real>(g: &Geom, col: &[A], ld: usize, col0: usize, dst: &mut [A]) {
+        let (hw, p) = (g.h * g.w, g.p());
+        for c in 0..g.cg {
+            let plane = &mut dst[c * hw..(c + 1) * hw];
+            for ki in 0..g.kh {
+                let offy = (ki * g.dh) as isize - g.pt as isize;
+                let (ylo, yhi) = Geom::valid(g.oh, g.sh, offy, g.h);
+                for kj in 0..g.kw {
+                    let row = (c * g.kh + ki) * g.kw + kj;
+                    let src = &col[row * ld + col0..row * ld + col0 + p];
+                    let offx = (kj * g.dw) as isize - g.pl as isize;
+                    let (xlo, xhi) = Geom::valid(g.ow, g.sw, offx, g.w);
+                    if xlo >= xhi {
+                        continue;
+                    }
+                    for oy in ylo..yhi {
+                        let iy = ((oy * g.sh) as isize + offy) as usize;
+                        let line = &mut plane[iy * g.w..(iy + 1) * g.w];
+                        let s = &src[oy * g.ow + xlo..oy * g.ow + xhi];
+                        let ix0 = ((xlo * g.sw) as isize + offx) as usize;
+                        if g.sw == 1 {
+                            for (d, v) in line[ix0..ix0 + s.len()].iter_mut().zip(s) {
+                                *d = *d + *v;
+                            }
+                        } else {
+                            for (j, v) in s.iter().enumerate() {
+                                let d = &mut line[ix0 + j * g.sw];
+                                *d = *d + *v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the column matrix of one image's group slab `src` (`cg * h * w` elements) into columns
+/// `col0 .. col0 + P` of `col` (`K` rows of leading dimension `ld`), converted to the compute type.
+pub fn im2col<E: Element>(g: &Geom, src: &[E], col: &mut [E::Acc], ld: usize, col0: usize) {
+    debug_assert!(src.len() >= g.slab() && col0 + g.p() <= ld && col.len() >= g.k() * ld);
+    im2col_body::<E>(g, src, col, ld, col0)
+}
+
+/// Adds columns `col0 .. col0 + P` of the column matrix `col` back onto the input-shaped slab
+/// `dst` (`cg * h * w` elements): every input pixel gathers the contributions of every tap that
+/// read it. `dst` must start zeroed (or hold what the sum should start from).
+pub fn col2im<A: Real>(g: &Geom, col: &[A], ld: usize, col0: usize, dst: &mut [A]) {
+    debug_assert!(dst.len() >= g.slab() && col0 + g.p() <= ld && col.len() >= g.k() * ld);
+    col2im_body::<A>(g, col, ld, col0, dst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geom(
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        d: usize,
+        pt: usize,
+        pl: usize,
+        pad_far: usize,
+    ) -> Geom {
+        let oh = (h + pt + pad_far - d * (k - 1) - 1) / s + 1;
+        let ow = (w + pl + pad_far - d * (k - 1) - 1) / s + 1;
+        Geom {
+            cg: 2,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            sh: s,
+            sw: s,
+            dh: d,
+            dw: d,
+            pt,
+            pl,
+            oh,
+            ow,
+        }
+    }
+
+    /// The definition, one element at a time.
+    fn naive_col(g: &Geom, src: &[f64]) -> Vec<f64> {
+        let mut col = vec![0.0; g.k() * g.p()];
+        for c in 0..g.cg {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let iy = (oy * g.sh + ki * g.dh) as isize - g.pt as isize;
+                            let ix = (ox * g.sw + kj * g.dw) as isize - g.pl as isize;
+                            let row = (c * g.kh + ki) * g.kw + kj;
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                col[row * g.p() + oy * g.ow + ox] =
+                                    src[c * g.h * g.w + iy as usize * g.w + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        col
+    }
+
+    #[test]
+    fn im2col_matches_definition_and_col2im_is_its_adjoint() {
+        for &(h, w, k, s, d, pt, pl, far) in &[
+            (5, 7, 3, 1, 1, 0, 0, 0),
+            (5, 7, 3, 2, 1, 1, 2, 1),
+            (6, 6, 1, 3, 1, 0, 0, 0),
+            (9, 8, 3, 1, 2, 2, 2, 2),
+            (4, 4, 2, 5, 1, 0, 1, 0),
+            (3, 3, 3, 1, 1, 3, 3, 3),
+        ] {
+            let g = geom(h, w, k, s, d, pt, pl, far);
+            let src: Vec<f64> = (0..g.slab()).map(|i| (i as f64) * 0.37 - 3.0).collect();
+            let want = naive_col(&g, &src);
+            // Write into the middle block of a 3-image-wide matrix to exercise ld and col0.
+            let ld = 3 * g.p();
+            let mut col = vec![f64::NAN; g.k() * ld];
+            im2col::<f64>(&g, &src, &mut col, ld, g.p());
+            for r in 0..g.k() {
+                assert_eq!(
+                    &col[r * ld + g.p()..r * ld + 2 * g.p()],
+                    &want[r * g.p()..(r + 1) * g.p()]
+                );
+            }
+            // <im2col(x), y> == <x, col2im(y)>
+            let y: Vec<f64> = (0..g.k() * ld)
+                .map(|i| ((i * 7) % 11) as f64 - 5.0)
+                .collect();
+            let mut back = vec![0.0; g.slab()];
+            col2im(&g, &y, ld, g.p(), &mut back);
+            let lhs: f64 = (0..g.k())
+                .flat_map(|r| (0..g.p()).map(move |j| (r, j)))
+                .map(|(r, j)| want[r * g.p() + j] * y[r * ld + g.p() + j])
+                .sum();
+            let rhs: f64 = src.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert!(
+                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                "{lhs} vs {rhs}"
+            );
+        }
+    }
+}
