@@ -289,14 +289,17 @@ where
     };
     let ba: Option<Vec<E::Acc>> = bias.map(|b| b.iter().map(|v| v.load()).collect());
     let per_image = p.c_out * p.out[0] * p.out[1];
+    let idx = p.geom().block_offsets(plan.nb, p.c_in * p.h * p.w);
     out.par_chunks_mut(plan.nb * per_image)
         .enumerate()
-        .try_for_each(|(blk, o)| forward_block(p, &plan, blk, input, wa, ba.as_deref(), o))
+        .try_for_each(|(blk, o)| forward_block(p, &plan, &idx, blk, input, wa, ba.as_deref(), o))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn forward_block<E: Element>(
     p: &Conv2dParams,
     plan: &Plan,
+    idx: &[usize],
     blk: usize,
     input: &[E],
     wa: &[E::Acc],
@@ -323,9 +326,8 @@ where
             let cols: &[E::Acc] = match borrow_input.then(|| same(slab(0))).flatten() {
                 Some(x) => x,
                 None => {
-                    for i in 0..nbk {
-                        im2col::<E>(&g, slab(i), col, ld, i * pix);
-                    }
+                    let src = &input[b0 * img + gi * g.slab()..];
+                    im2col::<E>(&g, src, img, nbk, idx, col, ld);
                     col
                 }
             };

@@ -5,6 +5,7 @@
 //! `cog x nb*P` matrix (a view of grad_output itself for one f32/f64 image), rebuilds the column
 //! matrix of the input for the weight gradient, then reuses that buffer for `W^T * grad` and
 //! scatters it back with col2im. The partials are summed in task order at the end.
+//! Each group's partial weight gradient is stored transposed (K x cog), see `backward_task`.
 
 use super::{
     check_len, col2im, im2col, load_row, matmul, same, same_mut, store_row, to_acc, Conv2dGrads,
@@ -82,6 +83,7 @@ where
     };
     let mut partials = vec![zero; ntasks * plen];
     let img = p.c_in * p.h * p.w;
+    let idx = p.geom().block_offsets(plan.nb, img);
     let mut tasks = Vec::with_capacity(ntasks);
     {
         let mut rest_in: &mut [E] = gin.unwrap_or(&mut []);
@@ -104,7 +106,7 @@ where
     }
     tasks
         .into_par_iter()
-        .try_for_each(|t| backward_task(p, &plan, t, grad_out, input, wa, wlen, blen))?;
+        .try_for_each(|t| backward_task(p, &plan, &idx, t, grad_out, input, wa, wlen, blen))?;
 
     // Sum the partials in task order, in parallel over chunks of the output.
     const CHUNK: usize = 4096;
@@ -121,7 +123,18 @@ where
         });
     };
     if let Some(g) = gw {
-        sum_into(g, 0);
+        // Partials hold each group's gradient transposed (K x cog); undo that while summing.
+        let (k, cog) = (p.weight_len() / p.c_out, p.c_out / p.groups);
+        g.par_chunks_mut(k).enumerate().for_each(|(co, row)| {
+            let base = (co / cog) * cog * k + co % cog;
+            for (r, v) in row.iter_mut().enumerate() {
+                let mut acc = zero;
+                for t in 0..ntasks {
+                    acc = acc + partials[t * plen + base + r * cog];
+                }
+                *v = E::store(acc);
+            }
+        });
     }
     if let Some(g) = gb {
         sum_into(g, wlen);
@@ -133,6 +146,7 @@ where
 fn backward_task<E: Element>(
     p: &Conv2dParams,
     plan: &Plan,
+    idx: &[usize],
     t: Task<'_, E, E::Acc>,
     grad_out: &[E],
     input: &[E],
@@ -212,21 +226,17 @@ where
                     {
                         Some(x) => x,
                         None => {
-                            for i in 0..nbk {
-                                im2col::<E>(&g, slab(i), col, ld, i * pix);
-                            }
+                            let src = &input[i0 * img + gi * g.slab()..];
+                            im2col::<E>(&g, src, img, nbk, idx, col, ld);
                             &col[..k * ld]
                         }
                     };
+                    // The partial is kept transposed (K x cog): `gemm` runs this product
+                    // 3-5x faster when the few-rows K side is the output's row index (measured
+                    // for K = 9 and 27, the first layers' sizes).
                     let dst = &mut pw[gi * cog * k..(gi + 1) * cog * k];
-                    matmul(
-                        dst,
-                        k,
-                        true,
-                        dmat,
-                        Mat::transposed(cols, ld, k, ld),
-                        plan.inner,
-                    )?;
+                    let rhs = Mat::transposed(d, ld, cog, ld);
+                    matmul(dst, cog, true, Mat::rows(cols, k, ld, ld), rhs, plan.inner)?;
                 }
                 if need_in {
                     let wg = &wa[gi * cog * k..(gi + 1) * cog * k];

@@ -46,6 +46,33 @@ impl Geom {
         self.cg * self.h * self.w
     }
 
+    /// For every output pixel of `nb` images (image stride `img`), the input offset its (0, 0)
+    /// tap reads, before padding: the gather table of [`im2col`]'s interior taps.
+    pub fn block_offsets(&self, nb: usize, img: usize) -> Vec<usize> {
+        let mut out = Vec::with_capacity(nb * self.p());
+        for i in 0..nb {
+            for oy in 0..self.oh {
+                for ox in 0..self.ow {
+                    out.push(i * img + oy * self.sh * self.w + ox * self.sw);
+                }
+            }
+        }
+        out
+    }
+
+    /// The offset of tap (ki, kj) within a channel plane when every output pixel reads inside the
+    /// input (no padding touched), else None.
+    #[inline(always)]
+    fn interior_offset(&self, ki: usize, kj: usize) -> Option<usize> {
+        let y = (ki * self.dh).checked_sub(self.pt)?;
+        let x = (kj * self.dw).checked_sub(self.pl)?;
+        let fits = self.oh > 0
+            && self.ow > 0
+            && (self.oh - 1) * self.sh + y < self.h
+            && (self.ow - 1) * self.sw + x < self.w;
+        fits.then_some(y * self.w + x)
+    }
+
     /// The output positions `[lo, hi)` along one axis whose input index `o * s + off` falls
     /// inside `[0, n)`.
     #[inline(always)]
@@ -66,38 +93,59 @@ impl Geom {
     }
 }
 
+/// One row of one image's column matrix: kernel tap (ki, kj) of channel plane `plane`, every
+/// output pixel, zeros where the tap reads padding.
+#[inline(always)]
+fn fill_row<E: Element>(g: &Geom, plane: &[E], dst: &mut [E::Acc], ki: usize, kj: usize) {
+    let zero = <E::Acc as Real>::ZERO;
+    let offy = (ki * g.dh) as isize - g.pt as isize;
+    let (ylo, yhi) = Geom::valid(g.oh, g.sh, offy, g.h);
+    let offx = (kj * g.dw) as isize - g.pl as isize;
+    let (xlo, xhi) = Geom::valid(g.ow, g.sw, offx, g.w);
+    dst[..ylo * g.ow].fill(zero);
+    dst[yhi * g.ow..].fill(zero);
+    for oy in ylo..yhi {
+        let iy = (oy * g.sh) as isize + offy;
+        let line = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+        let out = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+        out[..xlo].fill(zero);
+        out[xhi..].fill(zero);
+        if xlo < xhi {
+            let ix0 = ((xlo * g.sw) as isize + offx) as usize;
+            if g.sw == 1 {
+                for (o, s) in out[xlo..xhi].iter_mut().zip(&line[ix0..ix0 + xhi - xlo]) {
+                    *o = s.load();
+                }
+            } else {
+                for (j, o) in out[xlo..xhi].iter_mut().enumerate() {
+                    *o = line[ix0 + j * g.sw].load();
+                }
+            }
+        }
+    }
+}
+
 crate::dispatch_isa! {
-    fn im2col_body<E: Element>(g: &Geom, src: &[E], col: &mut [E::Acc], ld: usize, col0: usize) {
+    fn im2col_body<E: Element>(g: &Geom, src: &[E], img: usize, nbk: usize, idx: &[usize], col: &mut [E::Acc], ld: usize) {
         let (hw, p) = (g.h * g.w, g.p());
-        let zero = <E::Acc as Real>::ZERO;
         for c in 0..g.cg {
-            let plane = &src[c * hw..(c + 1) * hw];
             for ki in 0..g.kh {
-                let offy = (ki * g.dh) as isize - g.pt as isize;
-                let (ylo, yhi) = Geom::valid(g.oh, g.sh, offy, g.h);
                 for kj in 0..g.kw {
                     let row = (c * g.kh + ki) * g.kw + kj;
-                    let dst = &mut col[row * ld + col0..row * ld + col0 + p];
-                    let offx = (kj * g.dw) as isize - g.pl as isize;
-                    let (xlo, xhi) = Geom::valid(g.ow, g.sw, offx, g.w);
-                    dst[..ylo * g.ow].fill(zero);
-                    dst[yhi * g.ow..].fill(zero);
-                    for oy in ylo..yhi {
-                        let iy = (oy * g.sh) as isize + offy;
-                        let line = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        let out = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-                        out[..xlo].fill(zero);
-                        out[xhi..].fill(zero);
-                        if xlo < xhi {
-                            let ix0 = ((xlo * g.sw) as isize + offx) as usize;
-                            if g.sw == 1 {
-                                for (o, s) in out[xlo..xhi].iter_mut().zip(&line[ix0..ix0 + xhi - xlo]) {
-                                    *o = s.load();
-                                }
-                            } else {
-                                for (j, o) in out[xlo..xhi].iter_mut().enumerate() {
-                                    *o = line[ix0 + j * g.sw].load();
-                                }
+                    let dst = &mut col[row * ld..row * ld + nbk * p];
+                    match g.interior_offset(ki, kj) {
+                        // Every pixel of every image reads inside the input: one gather over the
+                        // whole block, long enough to vectorise even for 3x3 outputs.
+                        Some(off) if idx.len() >= nbk * p => {
+                            let base = &src[c * hw + off..];
+                            for (d, &j) in dst.iter_mut().zip(&idx[..nbk * p]) {
+                                *d = base[j].load();
+                            }
+                        }
+                        _ => {
+                            for i in 0..nbk {
+                                let plane = &src[i * img + c * hw..i * img + (c + 1) * hw];
+                                fill_row::<E>(g, plane, &mut dst[i * p..(i + 1) * p], ki, kj);
                             }
                         }
                     }
@@ -145,11 +193,22 @@ crate::dispatch_isa! {
     }
 }
 
-/// Writes the column matrix of one image's group slab `src` (`cg * h * w` elements) into columns
-/// `col0 .. col0 + P` of `col` (`K` rows of leading dimension `ld`), converted to the compute type.
-pub fn im2col<E: Element>(g: &Geom, src: &[E], col: &mut [E::Acc], ld: usize, col0: usize) {
-    debug_assert!(src.len() >= g.slab() && col0 + g.p() <= ld && col.len() >= g.k() * ld);
-    im2col_body::<E>(g, src, col, ld, col0)
+/// Writes the column matrix of `nbk` images into the first `nbk * P` columns of `col` (`K` rows
+/// of leading dimension `ld`), converted to the compute type. `src` starts at the first image's
+/// group slab; image `i`'s slab starts `i * img` elements later. `idx` is [`Geom::block_offsets`]
+/// for at least `nbk` images (or empty, which takes the per-image path everywhere).
+#[allow(clippy::too_many_arguments)]
+pub fn im2col<E: Element>(
+    g: &Geom,
+    src: &[E],
+    img: usize,
+    nbk: usize,
+    idx: &[usize],
+    col: &mut [E::Acc],
+    ld: usize,
+) {
+    debug_assert!(nbk * g.p() <= ld && col.len() >= g.k() * ld);
+    im2col_body::<E>(g, src, img, nbk, idx, col, ld)
 }
 
 /// Adds columns `col0 .. col0 + P` of the column matrix `col` back onto the input-shaped slab
@@ -227,18 +286,23 @@ mod tests {
             (3, 3, 3, 1, 1, 3, 3, 3),
         ] {
             let g = geom(h, w, k, s, d, pt, pl, far);
-            let src: Vec<f64> = (0..g.slab()).map(|i| (i as f64) * 0.37 - 3.0).collect();
-            let want = naive_col(&g, &src);
-            // Write into the middle block of a 3-image-wide matrix to exercise ld and col0.
-            let ld = 3 * g.p();
-            let mut col = vec![f64::NAN; g.k() * ld];
-            im2col::<f64>(&g, &src, &mut col, ld, g.p());
-            for r in 0..g.k() {
-                assert_eq!(
-                    &col[r * ld + g.p()..r * ld + 2 * g.p()],
-                    &want[r * g.p()..(r + 1) * g.p()]
-                );
+            // Three images, written into a matrix wider than they need to exercise ld; once
+            // through the gather table, once through the per-image path.
+            let src: Vec<f64> = (0..3 * g.slab()).map(|i| (i as f64) * 0.37 - 3.0).collect();
+            let ld = 3 * g.p() + 2;
+            for idx in [g.block_offsets(3, g.slab()), Vec::new()] {
+                let mut col = vec![f64::NAN; g.k() * ld];
+                im2col::<f64>(&g, &src, g.slab(), 3, &idx, &mut col, ld);
+                for i in 0..3 {
+                    let want = naive_col(&g, &src[i * g.slab()..(i + 1) * g.slab()]);
+                    for r in 0..g.k() {
+                        let got = &col[r * ld + i * g.p()..r * ld + (i + 1) * g.p()];
+                        assert_eq!(got, &want[r * g.p()..(r + 1) * g.p()]);
+                    }
+                }
             }
+            let want = naive_col(&g, &src[g.slab()..2 * g.slab()]);
+            let src = &src[g.slab()..2 * g.slab()];
             // <im2col(x), y> == <x, col2im(y)>
             let y: Vec<f64> = (0..g.k() * ld)
                 .map(|i| ((i * 7) % 11) as f64 - 5.0)
