@@ -18,16 +18,16 @@ from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, t
 TORCH = conv2d.TORCH
 #: case name -> floor on torch_time / our_time
 FLOORS = {
-    "fwd 1->32 28x28": 0.45,
-    "fwd 32->64 13x13": 0.45,
-    "fwd 64->64 5x5": 0.45,
-    "fwd 3->32 32x32": 0.45,
-    "fwd 32->64 15x15": 0.45,
-    "fwd+bwd 1->32 28x28": 0.9,
-    "fwd+bwd 32->64 13x13": 0.5,
-    "fwd+bwd 64->64 5x5": 0.5,
-    "fwd+bwd 3->32 32x32": 0.9,
-    "fwd+bwd 32->64 15x15": 0.5,
+    "fwd 1->32 28x28": 0.8,
+    "fwd 32->64 13x13": 0.25,
+    "fwd 64->64 5x5": 0.3,
+    "fwd 3->32 32x32": 0.8,
+    "fwd 32->64 15x15": 0.25,
+    "fwd+bwd 1->32 28x28": 0.8,
+    "fwd+bwd 32->64 13x13": 0.3,
+    "fwd+bwd 64->64 5x5": 0.3,
+    "fwd+bwd 3->32 32x32": 0.8,
+    "fwd+bwd 32->64 15x15": 0.3,
 }
 
 
