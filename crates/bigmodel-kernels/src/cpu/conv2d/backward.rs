@@ -16,6 +16,24 @@ use crate::error::Result;
 use rayon::prelude::*;
 use std::any::TypeId;
 
+crate::dispatch_isa! {
+    fn row_sum<A: Real>(x: &[A]) -> A {
+        // Sixteen independent partial sums: a single running sum is a serial dependency chain
+        // that LLVM may not reorder, which made the bias gradient cost as much as a GEMM.
+        let mut acc = [A::ZERO; 16];
+        let mut chunks = x.chunks_exact(16);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                *a = *a + *v;
+            }
+        }
+        for (a, v) in acc.iter_mut().zip(chunks.remainder()) {
+            *a = *a + *v;
+        }
+        acc.iter().fold(A::ZERO, |s, a| s + *a)
+    }
+}
+
 /// One task's share: blocks `[b0, b1)`, its slice of grad_input (empty when not wanted) and its
 /// partial weight and bias gradients.
 struct Task<'a, E, A> {
@@ -210,11 +228,7 @@ where
                 let dmat = Mat::rows(d, cog, ld, ld);
                 if blen > 0 {
                     for c in 0..cog {
-                        let row = &d[c * ld..c * ld + ld];
-                        let mut s = zero;
-                        for v in row {
-                            s = s + *v;
-                        }
+                        let s = row_sum::<E::Acc>(&d[c * ld..c * ld + ld]);
                         pb[gi * cog + c] = pb[gi * cog + c] + s;
                     }
                 }

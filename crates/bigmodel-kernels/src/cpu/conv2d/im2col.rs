@@ -147,6 +147,19 @@ crate::dispatch_isa! {
                                 *d = base[j].load();
                             }
                         }
+                        // Interior tap, unit stride: straight line copies, no padding logic.
+                        Some(off) if g.sw == 1 => {
+                            for i in 0..nbk {
+                                let plane = &src[i * img + c * hw + off..i * img + (c + 1) * hw];
+                                let d = &mut dst[i * p..(i + 1) * p];
+                                for (oy, out) in d.chunks_exact_mut(g.ow).enumerate() {
+                                    let line = &plane[oy * g.sh * g.w..oy * g.sh * g.w + g.ow];
+                                    for (o, v) in out.iter_mut().zip(line) {
+                                        *o = v.load();
+                                    }
+                                }
+                            }
+                        }
                         _ => {
                             for i in 0..nbk {
                                 let plane = &src[i * img + c * hw..i * img + (c + 1) * hw];

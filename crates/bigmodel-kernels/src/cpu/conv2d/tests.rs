@@ -216,3 +216,48 @@ fn empty_batch_gives_zero_grads() {
     assert!(gw.iter().chain(&gb).all(|&v| v == 0.0));
     conv2d_forward(&p, &[], &w, None, &mut []).unwrap();
 }
+
+/// Single-process timings of the seed CNN shapes (min over rounds): `cargo test --release -p
+/// bigmodel-kernels timing_probe -- --ignored --nocapture`. Not a gate, a tuning aid.
+#[test]
+#[ignore]
+fn timing_probe() {
+    use std::time::Instant;
+    let best = |f: &mut dyn FnMut()| {
+        let mut b = f64::MAX;
+        for _ in 0..20 {
+            let t = Instant::now();
+            f();
+            b = b.min(t.elapsed().as_secs_f64());
+        }
+        b * 1e3
+    };
+    for (ci, co, hw) in [
+        (1, 32, 28),
+        (32, 64, 13),
+        (64, 64, 5),
+        (3, 32, 32),
+        (32, 64, 15),
+    ] {
+        let p = params(64, ci, (hw, hw), co, (3, 3), 1, [1, 1], [1, 1], [0; 4]);
+        let x = vec![0.5f32; p.input_len()];
+        let w = vec![0.1f32; p.weight_len()];
+        let b = vec![0.1f32; co];
+        let mut y = vec![0f32; p.output_len()];
+        let (mut gx, mut gw, mut gb) = (x.clone(), w.clone(), b.clone());
+        for threads in [1, 2] {
+            pool::install(threads, || {
+                let f = best(&mut || conv2d_forward(&p, &x, &w, Some(&b), &mut y).unwrap());
+                let bw = best(&mut || {
+                    let grads = Conv2dGrads {
+                        input: Some(&mut gx),
+                        weight: Some(&mut gw),
+                        bias: Some(&mut gb),
+                    };
+                    conv2d_backward(&p, &y, &x, &w, grads).unwrap()
+                });
+                println!("{ci}->{co} {hw}x{hw} threads {threads}: fwd {f:.3} ms, bwd {bw:.3} ms");
+            });
+        }
+    }
+}
