@@ -302,6 +302,7 @@ mod tests {
             (9, 8, 3, 1, 2, 2, 2, 2),
             (4, 4, 2, 5, 1, 0, 1, 0),
             (3, 3, 3, 1, 1, 3, 3, 3),
+            (11, 13, 3, 1, 1, 1, 1, 0),
         ] {
             let g = geom(h, w, k, s, d, pt, pl, far);
             // Three images, written into a matrix wider than they need to exercise ld; once

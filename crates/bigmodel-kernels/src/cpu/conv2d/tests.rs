@@ -145,6 +145,8 @@ fn shapes() -> Vec<Conv2dParams> {
         params(4, 2, (5, 5), 3, (2, 2), 1, [1, 1], [1, 1], [0, 1, 0, 1]),
         params(70, 3, (4, 4), 5, (3, 3), 1, [1, 1], [1, 1], [1; 4]),
         params(2, 3, (3, 3), 2, (1, 1), 1, [5, 5], [1, 1], [0; 4]),
+        // Rows of 10 outputs: the straight-copy path of interior taps.
+        params(3, 3, (12, 12), 4, (3, 3), 1, [1, 1], [1, 1], [1, 0, 0, 0]),
     ]
 }
 
