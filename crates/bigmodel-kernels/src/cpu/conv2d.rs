@@ -185,7 +185,10 @@ impl Plan {
         let by_cache = (MAX_COL_BYTES / (g.k() * pix * elem_bytes).max(1)).max(1);
         // At least two blocks per thread when the batch allows: on a shared machine a thread that
         // loses its core for a while leaves its second block to be stolen rather than waited for.
-        let mut nb = by_cols.min(by_cache).min(batch.div_ceil(2 * threads)).max(1);
+        let mut nb = by_cols
+            .min(by_cache)
+            .min(batch.div_ceil(2 * threads))
+            .max(1);
         // Round the block count up to a multiple of the thread count so no thread idles at the end.
         let mut blocks = batch.div_ceil(nb);
         if blocks > 1 && blocks % threads != 0 {

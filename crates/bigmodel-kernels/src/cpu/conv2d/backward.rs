@@ -262,10 +262,8 @@ where
                         dmat,
                         plan.inner,
                     )?;
-                    for i in 0..nbk {
-                        let dst = &mut gi_block[i * img + gi * g.slab()..][..g.slab()];
-                        col2im(&g, col, ld, i * pix, dst);
-                    }
+                    let dst = &mut gi_block[gi * g.slab()..];
+                    col2im(&g, col, ld, nbk, idx, img, dst);
                 }
             }
             if need_in && !native {

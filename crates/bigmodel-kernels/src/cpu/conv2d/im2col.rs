@@ -133,6 +133,8 @@ fn fill_row<E: Element>(g: &Geom, plane: &[E], dst: &mut [E::Acc], ki: usize, kj
 crate::dispatch_isa! {
     fn im2col_body<E: Element>(g: &Geom, src: &[E], img: usize, nbk: usize, idx: &[usize], col: &mut [E::Acc], ld: usize) {
         let (hw, p) = (g.h * g.w, g.p());
+        // The largest table entry, found once: it bounds every gather of a row.
+        let idx_max = idx.iter().take(nbk * p).copied().max().unwrap_or(0);
         for c in 0..g.cg {
             for ki in 0..g.kh {
                 for kj in 0..g.kw {
@@ -143,8 +145,16 @@ crate::dispatch_isa! {
                         // short: one gather over the whole block instead of many tiny copies.
                         Some(off) if g.ow < GATHER_BELOW_WIDTH && idx.len() >= nbk * p => {
                             let base = &src[c * hw + off..];
-                            for (d, &j) in dst.iter_mut().zip(&idx[..nbk * p]) {
-                                *d = base[j].load();
+                            let idx = &idx[..nbk * p];
+                            if idx_max < base.len() {
+                                for (d, &j) in dst.iter_mut().zip(idx) {
+                                    // SAFETY: j <= idx_max < base.len() (checked above).
+                                    *d = unsafe { base.get_unchecked(j) }.load();
+                                }
+                            } else {
+                                for (d, &j) in dst.iter_mut().zip(idx) {
+                                    *d = base[j].load();
+                                }
                             }
                         }
                         // Interior tap, unit stride: straight line copies, no padding logic.
@@ -173,35 +183,66 @@ crate::dispatch_isa! {
     }
 }
 
+/// Adds one row of one image's column matrix (tap (ki, kj), every output pixel) back onto the
+/// channel plane it was read from.
+#[inline(always)]
+fn add_row<A: Real>(g: &Geom, src: &[A], plane: &mut [A], ki: usize, kj: usize) {
+    let offy = (ki * g.dh) as isize - g.pt as isize;
+    let (ylo, yhi) = Geom::valid(g.oh, g.sh, offy, g.h);
+    let offx = (kj * g.dw) as isize - g.pl as isize;
+    let (xlo, xhi) = Geom::valid(g.ow, g.sw, offx, g.w);
+    if xlo >= xhi {
+        return;
+    }
+    for oy in ylo..yhi {
+        let iy = ((oy * g.sh) as isize + offy) as usize;
+        let line = &mut plane[iy * g.w..(iy + 1) * g.w];
+        let s = &src[oy * g.ow + xlo..oy * g.ow + xhi];
+        let ix0 = ((xlo * g.sw) as isize + offx) as usize;
+        if g.sw == 1 {
+            for (d, v) in line[ix0..ix0 + s.len()].iter_mut().zip(s) {
+                *d = *d + *v;
+            }
+        } else {
+            for (j, v) in s.iter().enumerate() {
+                let d = &mut line[ix0 + j * g.sw];
+                *d = *d + *v;
+            }
+        }
+    }
+}
+
 crate::dispatch_isa! {
-    fn col2im_body<A: Real>(g: &Geom, col: &[A], ld: usize, col0: usize, dst: &mut [A]) {
+    fn col2im_body<A: Real>(g: &Geom, col: &[A], ld: usize, nbk: usize, idx: &[usize], img: usize, dst: &mut [A]) {
         let (hw, p) = (g.h * g.w, g.p());
+        let idx_max = idx.iter().take(nbk * p).copied().max().unwrap_or(0);
         for c in 0..g.cg {
-            let plane = &mut dst[c * hw..(c + 1) * hw];
             for ki in 0..g.kh {
-                let offy = (ki * g.dh) as isize - g.pt as isize;
-                let (ylo, yhi) = Geom::valid(g.oh, g.sh, offy, g.h);
                 for kj in 0..g.kw {
                     let row = (c * g.kh + ki) * g.kw + kj;
-                    let src = &col[row * ld + col0..row * ld + col0 + p];
-                    let offx = (kj * g.dw) as isize - g.pl as isize;
-                    let (xlo, xhi) = Geom::valid(g.ow, g.sw, offx, g.w);
-                    if xlo >= xhi {
-                        continue;
-                    }
-                    for oy in ylo..yhi {
-                        let iy = ((oy * g.sh) as isize + offy) as usize;
-                        let line = &mut plane[iy * g.w..(iy + 1) * g.w];
-                        let s = &src[oy * g.ow + xlo..oy * g.ow + xhi];
-                        let ix0 = ((xlo * g.sw) as isize + offx) as usize;
-                        if g.sw == 1 {
-                            for (d, v) in line[ix0..ix0 + s.len()].iter_mut().zip(s) {
-                                *d = *d + *v;
+                    let src = &col[row * ld..row * ld + nbk * p];
+                    match g.interior_offset(ki, kj) {
+                        // Interior tap, short rows: one scatter over the block (the mirror of
+                        // im2col's gather). Within one tap no two pixels hit the same input.
+                        Some(off) if g.ow < GATHER_BELOW_WIDTH && idx.len() >= nbk * p => {
+                            let base = &mut dst[c * hw + off..];
+                            let idx = &idx[..nbk * p];
+                            if idx_max < base.len() {
+                                for (&j, v) in idx.iter().zip(src) {
+                                    // SAFETY: j <= idx_max < base.len() (checked above).
+                                    let d = unsafe { base.get_unchecked_mut(j) };
+                                    *d = *d + *v;
+                                }
+                            } else {
+                                for (&j, v) in idx.iter().zip(src) {
+                                    base[j] = base[j] + *v;
+                                }
                             }
-                        } else {
-                            for (j, v) in s.iter().enumerate() {
-                                let d = &mut line[ix0 + j * g.sw];
-                                *d = *d + *v;
+                        }
+                        _ => {
+                            for i in 0..nbk {
+                                let plane = &mut dst[i * img + c * hw..i * img + (c + 1) * hw];
+                                add_row(g, &src[i * p..(i + 1) * p], plane, ki, kj);
                             }
                         }
                     }
@@ -229,12 +270,22 @@ pub fn im2col<E: Element>(
     im2col_body::<E>(g, src, img, nbk, idx, col, ld)
 }
 
-/// Adds columns `col0 .. col0 + P` of the column matrix `col` back onto the input-shaped slab
-/// `dst` (`cg * h * w` elements): every input pixel gathers the contributions of every tap that
-/// read it. `dst` must start zeroed (or hold what the sum should start from).
-pub fn col2im<A: Real>(g: &Geom, col: &[A], ld: usize, col0: usize, dst: &mut [A]) {
-    debug_assert!(dst.len() >= g.slab() && col0 + g.p() <= ld && col.len() >= g.k() * ld);
-    col2im_body::<A>(g, col, ld, col0, dst)
+/// Adds the first `nbk * P` columns of the column matrix `col` back onto `nbk` input-shaped
+/// slabs: every input pixel gathers the contributions of every tap that read it. `dst` starts at
+/// the first image's group slab, image `i`'s `i * img` elements later, and must start zeroed (or
+/// hold what the sums should start from). `idx` as for [`im2col`].
+#[allow(clippy::too_many_arguments)]
+pub fn col2im<A: Real>(
+    g: &Geom,
+    col: &[A],
+    ld: usize,
+    nbk: usize,
+    idx: &[usize],
+    img: usize,
+    dst: &mut [A],
+) {
+    debug_assert!(nbk * g.p() <= ld && col.len() >= g.k() * ld);
+    col2im_body::<A>(g, col, ld, nbk, idx, img, dst)
 }
 
 #[cfg(test)]
@@ -320,23 +371,28 @@ mod tests {
                     }
                 }
             }
-            let want = naive_col(&g, &src[g.slab()..2 * g.slab()]);
-            let src = &src[g.slab()..2 * g.slab()];
-            // <im2col(x), y> == <x, col2im(y)>
+            // <im2col(x), y> == <x, col2im(y)> over the three images, both paths.
             let y: Vec<f64> = (0..g.k() * ld)
                 .map(|i| ((i * 7) % 11) as f64 - 5.0)
                 .collect();
-            let mut back = vec![0.0; g.slab()];
-            col2im(&g, &y, ld, g.p(), &mut back);
-            let lhs: f64 = (0..g.k())
-                .flat_map(|r| (0..g.p()).map(move |j| (r, j)))
-                .map(|(r, j)| want[r * g.p() + j] * y[r * ld + g.p() + j])
-                .sum();
-            let rhs: f64 = src.iter().zip(&back).map(|(a, b)| a * b).sum();
-            assert!(
-                (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
-                "{lhs} vs {rhs}"
-            );
+            let mut lhs = 0.0;
+            for i in 0..3 {
+                let want = naive_col(&g, &src[i * g.slab()..(i + 1) * g.slab()]);
+                for r in 0..g.k() {
+                    for j in 0..g.p() {
+                        lhs += want[r * g.p() + j] * y[r * ld + i * g.p() + j];
+                    }
+                }
+            }
+            for idx in [g.block_offsets(3, g.slab()), Vec::new()] {
+                let mut back = vec![0.0; 3 * g.slab()];
+                col2im(&g, &y, ld, 3, &idx, g.slab(), &mut back);
+                let rhs: f64 = src.iter().zip(&back).map(|(a, b)| a * b).sum();
+                assert!(
+                    (lhs - rhs).abs() < 1e-9 * lhs.abs().max(1.0),
+                    "{lhs} vs {rhs}"
+                );
+            }
         }
     }
 }
