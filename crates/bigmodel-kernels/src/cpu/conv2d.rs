@@ -40,9 +40,12 @@ use std::any::TypeId;
 const TARGET_COLS: usize = 512;
 /// Upper bound on one column matrix (bytes) when blocking images; keeps it near L2.
 const MAX_COL_BYTES: usize = 2 << 20;
-/// Partial weight-gradient buffers per thread: more than one lets a thread that was slowed down
-/// by a neighbour shed work to the other.
-const TASKS_PER_THREAD: usize = 2;
+/// Backward tasks per thread, at least and at most: more than one lets a thread that was slowed
+/// down by a neighbour shed work to the other; each task costs one partial weight gradient.
+const MIN_TASKS_PER_THREAD: usize = 2;
+const MAX_TASKS_PER_THREAD: usize = 8;
+/// Bytes of partial weight/bias gradients the backward may allocate before capping its tasks.
+const PARTIAL_BYTES: usize = 1 << 20;
 
 /// Shapes and hyper-parameters of one convolution. `out` is the output's spatial size, which the
 /// caller computes (it differs from the symmetric formula under asymmetric "same" padding);

@@ -9,7 +9,7 @@
 
 use super::{
     check_len, col2im, im2col, load_row, matmul, same, same_mut, store_row, to_acc, Conv2dGrads,
-    Conv2dParams, Mat, Plan, Scratch, TASKS_PER_THREAD,
+    Conv2dParams, Mat, Plan, Scratch, MAX_TASKS_PER_THREAD, MIN_TASKS_PER_THREAD, PARTIAL_BYTES,
 };
 use crate::element::{Element, Real};
 use crate::error::Result;
@@ -97,7 +97,12 @@ where
     let ntasks = if plen == 0 {
         plan.blocks
     } else {
-        plan.blocks.min(TASKS_PER_THREAD * threads)
+        let by_bytes = PARTIAL_BYTES / (plen * std::mem::size_of::<E::Acc>()).max(1);
+        let per_thread = by_bytes.clamp(
+            MIN_TASKS_PER_THREAD * threads,
+            MAX_TASKS_PER_THREAD * threads,
+        );
+        plan.blocks.min(per_thread)
     };
     let mut partials = vec![zero; ntasks * plen];
     let img = p.c_in * p.h * p.w;

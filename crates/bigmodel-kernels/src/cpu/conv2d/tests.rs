@@ -258,7 +258,26 @@ fn timing_probe() {
                     };
                     conv2d_backward(&p, &y, &x, &w, grads).unwrap()
                 });
-                println!("{ci}->{co} {hw}x{hw} threads {threads}: fwd {f:.3} ms, bwd {bw:.3} ms");
+                let bi = best(&mut || {
+                    let grads = Conv2dGrads {
+                        input: Some(&mut gx),
+                        weight: None,
+                        bias: None,
+                    };
+                    conv2d_backward(&p, &y, &x, &w, grads).unwrap()
+                });
+                let bwo = best(&mut || {
+                    let grads = Conv2dGrads {
+                        input: None,
+                        weight: Some(&mut gw),
+                        bias: None,
+                    };
+                    conv2d_backward(&p, &y, &x, &w, grads).unwrap()
+                });
+                println!(
+                    "{ci}->{co} {hw}x{hw} threads {threads}: fwd {f:.3} ms, bwd {bw:.3} ms \
+                     (input only {bi:.3}, weight only {bwo:.3})"
+                );
             });
         }
     }
