@@ -7,6 +7,7 @@ checkpoints.
 
 from __future__ import annotations
 
+from .conv2d import Conv2d
 from .cross_entropy import CrossEntropyLoss
 
-__all__: list[str] = ["CrossEntropyLoss"]
+__all__: list[str] = ["Conv2d", "CrossEntropyLoss"]

@@ -1,4 +1,5 @@
 //! CPU kernels, one module per op.
 
 pub mod adam;
+pub mod conv2d;
 pub mod cross_entropy;

@@ -1,0 +1,381 @@
+//! 2-D convolution (torch's `conv2d`: NCHW, groups, stride, dilation, zero padding) forward and
+//! backward, by im2col and the `gemm` crate.
+//!
+//! For image `b` and group `g`, with `K = cg * kh * kw` rows of the column matrix and `P = oh * ow`
+//! output pixels:
+//!
+//! ```text
+//! forward       out[b, g]  (cog x P) = W[g] (cog x K) * col(x[b, g]) (K x P) + bias
+//! grad input    x̄[b, g]   = col2im( W[g]^T (K x cog) * ḡ[b, g] (cog x P) )
+//! grad weight   W̄[g]      = sum_b ḡ[b, g] (cog x P) * col(x[b, g])^T (P x K)
+//! grad bias     b̄[c]      = sum_{b, p} ḡ[b, c, p]
+//! ```
+//!
+//! Plan ([`Plan`]): images are grouped into blocks of `nb` whose column matrices sit side by side
+//! (`K x nb*P`), so that a layer with few output pixels (5x5 images) still feeds the GEMM wide
+//! enough panels; blocks are spread over the pool, one GEMM per (block, group) with the GEMM
+//! itself single-threaded. When there are fewer blocks than threads (batch 1, unbatched input)
+//! the loop runs serially and each GEMM uses the whole pool instead. The weight and bias
+//! gradients are summed into one partial buffer per task over a fixed split of the blocks, then
+//! reduced in a fixed order, so results do not depend on scheduling. Column matrices and
+//! gathered gradients live in per-thread scratch buffers reused across calls.
+//!
+//! A pointwise convolution (1x1, stride 1, no padding) of one image skips im2col: the input
+//! already is its column matrix. bf16 and f16 are converted to f32 on the way into the column
+//! matrix and stored back once per output element, as torch's CPU path computes them in f32.
+
+mod im2col;
+mod matmul;
+
+pub use im2col::{col2im, im2col, Geom};
+pub use matmul::{matmul, Mat, Scratch};
+
+use crate::element::{Element, Real};
+use crate::error::{Error, Result};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::any::TypeId;
+
+/// Output columns one GEMM should at least see before blocking more images into it.
+const TARGET_COLS: usize = 512;
+/// Upper bound on one column matrix (bytes) when blocking images; keeps it near L2.
+const MAX_COL_BYTES: usize = 2 << 20;
+/// Backward tasks per thread, at least and at most: more than one lets a thread that was slowed
+/// down by a neighbour shed work to the other; each task costs one partial weight gradient.
+const MIN_TASKS_PER_THREAD: usize = 2;
+const MAX_TASKS_PER_THREAD: usize = 8;
+/// Bytes of partial weight/bias gradients the backward may allocate before capping its tasks.
+const PARTIAL_BYTES: usize = 1 << 20;
+
+/// Shapes and hyper-parameters of one convolution. `out` is the output's spatial size, which the
+/// caller computes (it differs from the symmetric formula under asymmetric "same" padding);
+/// reads outside the input are zeros, so any `out` is memory-safe.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dParams {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub groups: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// Zero padding before the first row and the first column.
+    pub pad: [usize; 2],
+    pub out: [usize; 2],
+}
+
+fn mul(xs: &[usize]) -> Result<usize> {
+    xs.iter()
+        .try_fold(1usize, |a, &x| a.checked_mul(x))
+        .filter(|&n| n <= isize::MAX as usize / 8)
+        .ok_or_else(|| Error::Value(format!("conv2d: sizes {xs:?} overflow")))
+}
+
+impl Conv2dParams {
+    pub fn validate(&self) -> Result<()> {
+        let nonpos = |what: &str| {
+            Err(Error::Shape(format!(
+                "non-positive {what} is not supported"
+            )))
+        };
+        if self.groups == 0 {
+            return nonpos("groups");
+        }
+        if self.stride.contains(&0) {
+            return nonpos("stride");
+        }
+        if self.dilation.contains(&0) {
+            return nonpos("dilation");
+        }
+        if self.kh == 0 || self.kw == 0 || self.c_out == 0 {
+            return Err(Error::Shape(format!(
+                "conv2d: weight of size [{}, {}, {}, {}] is empty",
+                self.c_out,
+                self.c_in / self.groups.max(1),
+                self.kh,
+                self.kw
+            )));
+        }
+        if self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+            return Err(Error::Shape(format!(
+                "conv2d: {} input and {} output channels are not divisible by groups={}",
+                self.c_in, self.c_out, self.groups
+            )));
+        }
+        // Every index the kernels form must fit comfortably in isize.
+        mul(&[self.batch, self.c_in, self.h, self.w])?;
+        mul(&[self.batch, self.c_out, self.out[0], self.out[1]])?;
+        mul(&[
+            self.c_in,
+            self.kh,
+            self.kw,
+            self.batch.max(1),
+            self.out[0],
+            self.out[1],
+        ])?;
+        for a in 0..2 {
+            let k = [self.kh, self.kw][a];
+            let reach = self.out[a]
+                .checked_mul(self.stride[a])
+                .and_then(|x| x.checked_add(k.checked_mul(self.dilation[a])?))
+                .and_then(|x| x.checked_add(self.pad[a]));
+            if reach.is_none_or(|r| r > isize::MAX as usize / 8) {
+                return Err(Error::Value("conv2d: spatial sizes overflow".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.batch * self.c_in * self.h * self.w
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.c_out * (self.c_in / self.groups) * self.kh * self.kw
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.c_out * self.out[0] * self.out[1]
+    }
+
+    pub fn geom(&self) -> Geom {
+        Geom {
+            cg: self.c_in / self.groups,
+            h: self.h,
+            w: self.w,
+            kh: self.kh,
+            kw: self.kw,
+            sh: self.stride[0],
+            sw: self.stride[1],
+            dh: self.dilation[0],
+            dw: self.dilation[1],
+            pt: self.pad[0],
+            pl: self.pad[1],
+            oh: self.out[0],
+            ow: self.out[1],
+        }
+    }
+
+    /// The input is its own column matrix: 1x1 kernel, stride 1, no padding, same spatial size.
+    fn pointwise(&self) -> bool {
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == [1, 1]
+            && self.pad == [0, 0]
+            && self.out == [self.h, self.w]
+    }
+}
+
+/// How the work is cut: `nb` images per block, `blocks` blocks, and whether each GEMM runs on
+/// the whole pool (only when there are fewer blocks than threads).
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub nb: usize,
+    pub blocks: usize,
+    pub inner: Parallelism,
+}
+
+impl Plan {
+    pub fn new(p: &Conv2dParams, threads: usize, elem_bytes: usize) -> Plan {
+        let g = p.geom();
+        let pix = g.p().max(1);
+        let threads = threads.max(1);
+        let batch = p.batch.max(1);
+        let by_cols = TARGET_COLS.div_ceil(pix);
+        let by_cache = (MAX_COL_BYTES / (g.k() * pix * elem_bytes).max(1)).max(1);
+        // At least two blocks per thread when the batch allows: on a shared machine a thread that
+        // loses its core for a while leaves its second block to be stolen rather than waited for.
+        let mut nb = by_cols
+            .min(by_cache)
+            .min(batch.div_ceil(2 * threads))
+            .max(1);
+        // Round the block count up to a multiple of the thread count so no thread idles at the end.
+        let mut blocks = batch.div_ceil(nb);
+        if blocks > 1 && blocks % threads != 0 {
+            blocks = blocks.div_ceil(threads) * threads;
+            nb = batch.div_ceil(blocks);
+            blocks = batch.div_ceil(nb);
+        }
+        let inner = if blocks >= threads || threads == 1 {
+            Parallelism::None
+        } else {
+            Parallelism::Rayon(threads)
+        };
+        Plan { nb, blocks, inner }
+    }
+}
+
+/// `s` as a slice of `A` when `E` is `A` itself (f32 and f64 need no conversion).
+fn same<E: 'static, A: 'static>(s: &[E]) -> Option<&[A]> {
+    if TypeId::of::<E>() == TypeId::of::<A>() {
+        // SAFETY: E and A are the same type, so the memory, length and lifetime carry over.
+        Some(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const A, s.len()) })
+    } else {
+        None
+    }
+}
+
+/// Mutable counterpart of [`same`].
+fn same_mut<E: 'static, A: 'static>(s: &mut [E]) -> Option<&mut [A]> {
+    if TypeId::of::<E>() == TypeId::of::<A>() {
+        // SAFETY: as in `same`; the exclusive borrow of `s` moves to the result.
+        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut A, s.len()) })
+    } else {
+        None
+    }
+}
+
+crate::dispatch_isa! {
+    fn store_row<E: Element>(dst: &mut [E], src: &[E::Acc], add: E::Acc) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = E::store(*s + add);
+        }
+    }
+}
+
+crate::dispatch_isa! {
+    fn load_row<E: Element>(dst: &mut [E::Acc], src: &[E]) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = s.load();
+        }
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(Error::Shape(format!(
+            "conv2d: {what} has {got} elements, expected {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// `weight` in the compute type: borrowed for f32/f64, converted once otherwise.
+fn to_acc<E: Element>(x: &[E], buf: &mut Vec<E::Acc>) -> bool {
+    if same::<E, E::Acc>(x).is_some() {
+        return false;
+    }
+    buf.clear();
+    buf.extend(x.iter().map(|v| v.load()));
+    true
+}
+
+/// out = conv2d(input, weight) + bias, every slice contiguous NCHW / OIHW.
+pub fn conv2d_forward<E: Element>(
+    p: &Conv2dParams,
+    input: &[E],
+    weight: &[E],
+    bias: Option<&[E]>,
+    out: &mut [E],
+) -> Result<()>
+where
+    E::Acc: Scratch,
+{
+    p.validate()?;
+    check_len("input", input.len(), p.input_len())?;
+    check_len("weight", weight.len(), p.weight_len())?;
+    check_len("output", out.len(), p.output_len())?;
+    if let Some(b) = bias {
+        check_len("bias", b.len(), p.c_out)?;
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    let plan = Plan::new(
+        p,
+        rayon::current_num_threads(),
+        std::mem::size_of::<E::Acc>(),
+    );
+    let mut wbuf = Vec::new();
+    let wa: &[E::Acc] = if to_acc(weight, &mut wbuf) {
+        &wbuf
+    } else {
+        same(weight).unwrap_or(&[])
+    };
+    let ba: Option<Vec<E::Acc>> = bias.map(|b| b.iter().map(|v| v.load()).collect());
+    let per_image = p.c_out * p.out[0] * p.out[1];
+    let idx = p.geom().block_offsets(plan.nb, p.c_in * p.h * p.w);
+    out.par_chunks_mut(plan.nb * per_image)
+        .enumerate()
+        .try_for_each(|(blk, o)| forward_block(p, &plan, &idx, blk, input, wa, ba.as_deref(), o))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_block<E: Element>(
+    p: &Conv2dParams,
+    plan: &Plan,
+    idx: &[usize],
+    blk: usize,
+    input: &[E],
+    wa: &[E::Acc],
+    ba: Option<&[E::Acc]>,
+    o: &mut [E],
+) -> Result<()>
+where
+    E::Acc: Scratch,
+{
+    let g = p.geom();
+    let (k, pix, cog) = (g.k(), g.p(), p.c_out / p.groups);
+    let nbk = o.len() / (p.c_out * pix);
+    let b0 = blk * plan.nb;
+    let ld = nbk * pix;
+    let img = p.c_in * p.h * p.w;
+    let direct = nbk == 1 && TypeId::of::<E>() == TypeId::of::<E::Acc>();
+    let borrow_input = direct && p.pointwise();
+    let col_len = if borrow_input { 0 } else { k * ld };
+    let y_len = if direct { 0 } else { cog * ld };
+    E::Acc::with_scratch(col_len + y_len, |s| {
+        let (col, y) = s.split_at_mut(col_len);
+        for gi in 0..p.groups {
+            let slab = |i: usize| &input[(b0 + i) * img + gi * g.slab()..][..g.slab()];
+            let cols: &[E::Acc] = match borrow_input.then(|| same(slab(0))).flatten() {
+                Some(x) => x,
+                None => {
+                    let src = &input[b0 * img + gi * g.slab()..];
+                    im2col::<E>(&g, src, img, nbk, idx, col, ld);
+                    col
+                }
+            };
+            let wg = Mat::rows(&wa[gi * cog * k..(gi + 1) * cog * k], cog, k, k);
+            let rhs = Mat::rows(cols, k, ld, ld);
+            let outg = &mut o[gi * cog * pix..];
+            if let Some(dst) = direct
+                .then(|| same_mut::<E, E::Acc>(&mut outg[..cog * pix]))
+                .flatten()
+            {
+                if let Some(b) = ba {
+                    for c in 0..cog {
+                        dst[c * pix..(c + 1) * pix].fill(b[gi * cog + c]);
+                    }
+                }
+                matmul(dst, pix, ba.is_some(), wg, rhs, plan.inner)?;
+            } else {
+                matmul(y, ld, false, wg, rhs, plan.inner)?;
+                for i in 0..nbk {
+                    for c in 0..cog {
+                        let add = ba.map_or(<E::Acc as Real>::ZERO, |b| b[gi * cog + c]);
+                        let dst = &mut o[(i * p.c_out + gi * cog + c) * pix..][..pix];
+                        store_row::<E>(dst, &y[c * ld + i * pix..][..pix], add);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The gradients `conv2d_backward` fills; `None` for those not wanted.
+pub struct Conv2dGrads<'a, E> {
+    pub input: Option<&'a mut [E]>,
+    pub weight: Option<&'a mut [E]>,
+    pub bias: Option<&'a mut [E]>,
+}
+
+mod backward;
+pub use backward::conv2d_backward;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! Bindings of conv2d forward and backward.
+//!
+//! The Python layer (`bigmodel_native.ops.conv2d`) checks shapes and options the way torch does,
+//! makes every tensor contiguous and allocates the outputs; here each tensor is inspected again
+//! (CPU, dtype, contiguity), its element count is checked by the kernel against the shapes, and the
+//! kernel runs on the pool with the GIL released.
+
+use crate::errors::to_py;
+use crate::tensors::{inspect, TensorInfo, Unfit};
+use crate::views::slice_mut;
+use bigmodel_kernels::cpu::conv2d::{
+    conv2d_backward as backward, conv2d_forward as forward, Conv2dGrads, Conv2dParams, Scratch,
+};
+use bigmodel_kernels::element::{DType, Element};
+use bigmodel_kernels::{pool, Error, Result};
+use half::{bf16, f16};
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
+use pyo3::prelude::*;
+
+/// A read-only slice over `len` elements of `T` at `ptr`.
+///
+/// # Safety
+/// `ptr` must be the data pointer of a live tensor of at least `len` elements of `T` that nothing
+/// writes while the slice lives.
+unsafe fn slice<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr == 0 || ptr % std::mem::align_of::<T>() != 0 {
+        return Err(Error::Value(format!(
+            "{what}: null or misaligned data pointer {ptr:#x}"
+        )));
+    }
+    if len
+        .checked_mul(std::mem::size_of::<T>())
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
+        return Err(Error::Value(format!(
+            "{what}: {len} elements overflow the address space"
+        )));
+    }
+    // SAFETY: non-null, aligned, size fits in isize (checked above); validity and the absence of
+    // writers for the slice's lifetime are this function's documented precondition.
+    Ok(unsafe { std::slice::from_raw_parts(ptr as *const T, len) })
+}
+
+fn info(t: &Bound<'_, PyAny>, what: &str) -> PyResult<TensorInfo> {
+    match inspect(t)? {
+        Ok(i) => Ok(i),
+        Err(Unfit::NeedsStaging) => Err(PyRuntimeError::new_err(format!(
+            "conv2d: {what} must be a contiguous real tensor"
+        ))),
+        Err(Unfit::Device) => Err(PyNotImplementedError::new_err(format!(
+            "conv2d: {what} is not a CPU tensor; bigmodel_native's conv2d kernel runs on CPU tensors"
+        ))),
+        Err(Unfit::DType(name)) => Err(PyTypeError::new_err(format!(
+            "conv2d: unsupported dtype {name} for {what}; expected torch.float32, torch.float64, \
+             torch.bfloat16 or torch.float16"
+        ))),
+    }
+}
+
+/// Inspects every tensor and checks they share one dtype.
+fn infos(
+    tensors: &[(Option<&Bound<'_, PyAny>>, &str)],
+) -> PyResult<(Vec<Option<TensorInfo>>, DType)> {
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut dtype = None;
+    for (t, what) in tensors {
+        let i = t.map(|t| info(t, what)).transpose()?;
+        if let Some(i) = i {
+            match dtype {
+                None => dtype = Some(i.dtype),
+                Some(d) if d != i.dtype => {
+                    return Err(PyRuntimeError::new_err(format!(
+                        "conv2d: {what} has dtype {:?}, expected {d:?} like the input",
+                        i.dtype
+                    )))
+                }
+                _ => {}
+            }
+        }
+        out.push(i);
+    }
+    Ok((out, dtype.unwrap_or(DType::F32)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn params(
+    input_shape: (usize, usize, usize, usize),
+    weight_shape: (usize, usize, usize),
+    groups: usize,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    out_hw: (usize, usize),
+) -> Conv2dParams {
+    let (batch, c_in, h, w) = input_shape;
+    let (c_out, kh, kw) = weight_shape;
+    Conv2dParams {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        groups,
+        stride: [stride.0, stride.1],
+        dilation: [dilation.0, dilation.1],
+        pad: [padding.0, padding.1],
+        out: [out_hw.0, out_hw.1],
+    }
+}
+
+/// Fills `output` (N, C_out, OH, OW) with conv2d(input, weight) + bias. `padding` is the padding
+/// before the first row and column; `out_hw` the output's spatial size.
+#[pyfunction]
+#[pyo3(signature = (input, weight, bias, output, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads))]
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_forward(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+    output: &Bound<'_, PyAny>,
+    input_shape: (usize, usize, usize, usize),
+    weight_shape: (usize, usize, usize),
+    groups: usize,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    out_hw: (usize, usize),
+    num_threads: usize,
+) -> PyResult<()> {
+    let p = params(
+        input_shape,
+        weight_shape,
+        groups,
+        stride,
+        padding,
+        dilation,
+        out_hw,
+    );
+    let (t, dtype) = infos(&[
+        (Some(input), "input"),
+        (Some(weight), "weight"),
+        (bias, "bias"),
+        (Some(output), "output"),
+    ])?;
+    let [x, w, b, y] = [t[0], t[1], t[2], t[3]];
+    let (x, w, y) = (x.unwrap_or(EMPTY), w.unwrap_or(EMPTY), y.unwrap_or(EMPTY));
+    if [Some(x), Some(w), b]
+        .iter()
+        .flatten()
+        .any(|r| overlap(r, &y))
+    {
+        return Err(PyRuntimeError::new_err(
+            "conv2d: output must not share memory with an input",
+        ));
+    }
+    py.detach(|| {
+        pool::install(num_threads, || match dtype {
+            DType::F32 => run_forward::<f32>(&p, x, w, b, y),
+            DType::F64 => run_forward::<f64>(&p, x, w, b, y),
+            DType::BF16 => run_forward::<bf16>(&p, x, w, b, y),
+            DType::F16 => run_forward::<f16>(&p, x, w, b, y),
+        })
+    })
+    .map_err(to_py)
+}
+
+/// Whether two tensors' memory ranges intersect (empty tensors intersect nothing).
+fn overlap(a: &TensorInfo, b: &TensorInfo) -> bool {
+    let end = |t: &TensorInfo| {
+        t.ptr
+            .saturating_add(t.numel.saturating_mul(t.dtype.size_of()))
+    };
+    a.numel > 0 && b.numel > 0 && a.ptr < end(b) && b.ptr < end(a)
+}
+
+const EMPTY: TensorInfo = TensorInfo {
+    ptr: 0,
+    numel: 0,
+    dtype: DType::F32,
+};
+
+fn run_forward<E: Element>(
+    p: &Conv2dParams,
+    x: TensorInfo,
+    w: TensorInfo,
+    b: Option<TensorInfo>,
+    y: TensorInfo,
+) -> Result<()>
+where
+    E::Acc: Scratch,
+{
+    // SAFETY: each pointer is the data pointer of a live contiguous CPU tensor of `numel`
+    // elements of this dtype (inspected above), kept alive by the Python caller for the whole
+    // call; the output is a fresh tensor distinct from the inputs (checked above), and the
+    // inputs are only read.
+    unsafe {
+        let x = slice::<E>(x.ptr, x.numel, "input")?;
+        let w = slice::<E>(w.ptr, w.numel, "weight")?;
+        let b = match b {
+            Some(b) => Some(slice::<E>(b.ptr, b.numel, "bias")?),
+            None => None,
+        };
+        let y = slice_mut::<E>(y.ptr, y.numel, "output")?;
+        forward(p, x, w, b, y)
+    }
+}
+
+/// Fills the gradients passed (None for those not wanted) of conv2d given `grad_output`.
+#[pyfunction]
+#[pyo3(signature = (grad_output, input, weight, grad_input, grad_weight, grad_bias, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads))]
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    py: Python<'_>,
+    grad_output: &Bound<'_, PyAny>,
+    input: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    grad_input: Option<&Bound<'_, PyAny>>,
+    grad_weight: Option<&Bound<'_, PyAny>>,
+    grad_bias: Option<&Bound<'_, PyAny>>,
+    input_shape: (usize, usize, usize, usize),
+    weight_shape: (usize, usize, usize),
+    groups: usize,
+    stride: (usize, usize),
+    padding: (usize, usize),
+    dilation: (usize, usize),
+    out_hw: (usize, usize),
+    num_threads: usize,
+) -> PyResult<()> {
+    let p = params(
+        input_shape,
+        weight_shape,
+        groups,
+        stride,
+        padding,
+        dilation,
+        out_hw,
+    );
+    let (t, dtype) = infos(&[
+        (Some(grad_output), "grad_output"),
+        (Some(input), "input"),
+        (Some(weight), "weight"),
+        (grad_input, "grad_input"),
+        (grad_weight, "grad_weight"),
+        (grad_bias, "grad_bias"),
+    ])?;
+    let reads = [t[0], t[1], t[2]].map(|i| i.unwrap_or(EMPTY));
+    let writes = [t[3], t[4], t[5]];
+    // Every written tensor must be distinct from every other tensor (fresh outputs from Python).
+    for (i, a) in writes.iter().enumerate() {
+        let Some(a) = a.filter(|a| a.numel > 0) else {
+            continue;
+        };
+        let clash = reads.iter().any(|r| r.ptr == a.ptr)
+            || writes
+                .iter()
+                .enumerate()
+                .any(|(j, b)| j != i && b.is_some_and(|b| b.ptr == a.ptr));
+        if clash {
+            return Err(PyRuntimeError::new_err(
+                "conv2d: gradient outputs must not share memory with other tensors",
+            ));
+        }
+    }
+    py.detach(|| {
+        pool::install(num_threads, || match dtype {
+            DType::F32 => run_backward::<f32>(&p, reads, writes),
+            DType::F64 => run_backward::<f64>(&p, reads, writes),
+            DType::BF16 => run_backward::<bf16>(&p, reads, writes),
+            DType::F16 => run_backward::<f16>(&p, reads, writes),
+        })
+    })
+    .map_err(to_py)
+}
+
+fn run_backward<E: Element>(
+    p: &Conv2dParams,
+    reads: [TensorInfo; 3],
+    writes: [Option<TensorInfo>; 3],
+) -> Result<()>
+where
+    E::Acc: Scratch,
+{
+    let [gy, x, w] = reads;
+    let names = ["grad_input", "grad_weight", "grad_bias"];
+    // SAFETY: as in `run_forward`: live contiguous CPU tensors of `numel` elements of this dtype;
+    // the three outputs are distinct from each other and from the inputs (checked by the caller),
+    // and the inputs are only read.
+    unsafe {
+        let gy = slice::<E>(gy.ptr, gy.numel, "grad_output")?;
+        let x = slice::<E>(x.ptr, x.numel, "input")?;
+        let w = slice::<E>(w.ptr, w.numel, "weight")?;
+        let mut outs: [Option<&mut [E]>; 3] = [None, None, None];
+        for (k, t) in writes.iter().enumerate() {
+            if let Some(t) = t {
+                outs[k] = Some(slice_mut::<E>(t.ptr, t.numel, names[k])?);
+            }
+        }
+        let [gi, gw, gb] = outs;
+        backward(
+            p,
+            gy,
+            x,
+            w,
+            Conv2dGrads {
+                input: gi,
+                weight: gw,
+                bias: gb,
+            },
+        )
+    }
+}

@@ -1,0 +1,89 @@
+"""conv2d: ours against ``torch.nn.functional.conv2d`` (oneDNN) at the seed CNNs' layer shapes.
+
+Batch 64, 3x3 kernels, valid padding, with bias: the MNIST CNN's three layers (1->32 on 28x28,
+32->64 on 13x13, 64->64 on 5x5) and the CIFAR CNN's first two (3->32 on 32x32, 32->64 on 15x15).
+Each shape is timed forward only and forward+backward; the backward computes all three
+gradients (input, weight, bias) from one fixed random grad_output through ``torch.autograd.grad``,
+as the torch anchors in the issue did (input requiring grad, so the first layers pay for their
+input gradient too). FLOP counts: 2*N*Cout*OH*OW*Cin*9 per pass, three passes for fwd+bwd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import conv2d
+from .harness import OURS, Case
+
+SUITE = "conv"
+TORCH = "torch"
+BATCH = 64
+#: (name, c_in, c_out, input height = width)
+SHAPES = [
+    ("1->32 28x28", 1, 32, 28),
+    ("32->64 13x13", 32, 64, 13),
+    ("64->64 5x5", 64, 64, 5),
+    ("3->32 32x32", 3, 32, 32),
+    ("32->64 15x15", 32, 64, 15),
+]
+
+
+def _tensors(c_in: int, c_out: int, hw: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, c_in, hw, hw, generator=g).requires_grad_()
+    w = (torch.randn(c_out, c_in, 3, 3, generator=g) / (3 * c_in**0.5)).requires_grad_()
+    b = torch.randn(c_out, generator=g).requires_grad_()
+    gy = torch.randn(BATCH, c_out, hw - 2, hw - 2, generator=g)
+    return x, w, b, gy
+
+
+def _forward(fn: Callable, x, w, b) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return fn(x, w, b)
+
+    return run
+
+
+def _forward_backward(fn: Callable, x, w, b, gy) -> Callable[[], object]:
+    def run() -> object:
+        return torch.autograd.grad(fn(x, w, b), (x, w, b), gy)
+
+    return run
+
+
+def flops(c_in: int, c_out: int, hw: int) -> float:
+    return 2.0 * BATCH * c_out * (hw - 2) ** 2 * c_in * 9
+
+
+def cases(quick: bool = False) -> list[Case]:
+    rounds = 5 if quick else 15
+    out = []
+    for name, c_in, c_out, hw in SHAPES:
+        x, w, b, gy = _tensors(c_in, c_out, hw)
+        f = flops(c_in, c_out, hw)
+        out.append(
+            Case(
+                SUITE,
+                f"fwd {name}",
+                {OURS: _forward(conv2d, x, w, b), TORCH: _forward(F.conv2d, x, w, b)},
+                flops=f,
+                rounds=rounds,
+            )
+        )
+        out.append(
+            Case(
+                SUITE,
+                f"fwd+bwd {name}",
+                {
+                    OURS: _forward_backward(conv2d, x, w, b, gy),
+                    TORCH: _forward_backward(F.conv2d, x, w, b, gy),
+                },
+                flops=3 * f,
+                rounds=rounds,
+            )
+        )
+    return out

@@ -1,0 +1,269 @@
+"""``bigmodel_native::conv2d``: 2-D convolution by im2col + GEMM in Rust, forward and backward.
+
+:func:`conv2d` has ``torch.nn.functional.conv2d``'s signature and semantics: batched (N, C, H, W)
+or unbatched (C, H, W) input; ``stride``, ``padding`` (int, pair, ``"valid"`` or ``"same"``,
+which pads the far side one more than the near side for even kernels, as torch does),
+``dilation`` and ``groups`` (depthwise included); optional bias; float32, float64, bfloat16 and
+float16 (the last two computed in float32).
+
+Two ops back it, both defined with ``torch.library.Library`` (cheaper per call than
+``custom_op``'s wrappers): ``conv2d`` (4-D input, padding resolved to [top, bottom, left, right])
+and ``conv2d_backward`` (the three gradients, each only when asked for). Autograd is registered
+on ``conv2d``; its backward is once-differentiable: differentiating its gradients again raises a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch._C import _functions
+
+from .. import _native
+from .._threads import get_num_threads
+from ._library import LIB
+
+_NAME = "bigmodel_native::conv2d"
+_DOUBLE_BACKWARD = (
+    b"bigmodel_native.conv2d has no double backward: trying to differentiate twice through its "
+    b"gradients (use torch.nn.functional.conv2d where second derivatives are needed)"
+)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+LIB.define(
+    "conv2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, int[2] dilation, "
+    "int groups) -> Tensor"
+)
+LIB.define(
+    "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[4] padding, "
+    "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
+)
+
+
+def _pair(name: str, value: int | Sequence[int]) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    vals = list(value)
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2:
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 2 values to match the "
+            f"convolution dimensions, but got {name}={vals}"
+        )
+    return [int(v) for v in vals]
+
+
+def _resolve_padding(
+    padding: str | int | Sequence[int], weight: Tensor, stride: list[int], dilation: list[int]
+) -> list[int]:
+    """[top, bottom, left, right] for torch's padding argument."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return [0, 0, 0, 0]
+        if padding != "same":
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
+        if any(s != 1 for s in stride):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
+        out = []
+        for d, k in zip(dilation, weight.shape[2:], strict=True):
+            total = d * (k - 1)
+            out += [total // 2, total - total // 2]
+        return out
+    ph, pw = _pair("padding", padding)
+    return [ph, ph, pw, pw]
+
+
+def _out_hw(input: Tensor, weight: Tensor, stride, padding, dilation) -> tuple[int, int]:
+    h = input.shape[2] + padding[0] + padding[1]
+    w = input.shape[3] + padding[2] + padding[3]
+    kh = dilation[0] * (weight.shape[2] - 1) + 1
+    kw = dilation[1] * (weight.shape[3] - 1) + 1
+    if h < kh or w < kw:
+        raise RuntimeError(
+            f"Calculated padded input size per channel: ({h} x {w}). Kernel size: ({kh} x {kw}). "
+            "Kernel size can't be greater than actual input size"
+        )
+    return (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
+
+
+def _check(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> tuple[int, int]:
+    """torch's checks of a 4-D convolution, with its messages; returns the output's (H, W)."""
+    if input.dim() != 4:
+        raise RuntimeError(f"{_NAME}: expected 4-D input, got input of size: {list(input.shape)}")
+    if weight.dim() != 4:
+        raise RuntimeError(f"{_NAME}: expected 4-D weight, got weight of size: {list(weight.shape)}")
+    if len(stride) != 2 or len(dilation) != 2 or len(padding) != 4:
+        raise RuntimeError(f"{_NAME}: expected 2 strides, 2 dilations and 4 paddings")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError("non-positive dilation is not supported")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    for t, what in ((input, "input"), (weight, "weight"), (bias, "bias")):
+        if t is not None and t.dtype not in _DTYPES:
+            raise TypeError(
+                f"{_NAME}: unsupported dtype {t.dtype} for {what}; expected torch.float32, "
+                "torch.float64, torch.bfloat16 or torch.float16"
+            )
+    if input.dtype != weight.dtype:
+        raise RuntimeError(f"Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
+    if bias is not None and bias.dtype != input.dtype:
+        raise RuntimeError(f"Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+    if weight.shape[0] < 1:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be at least 1 at dimension 0, but got weight "
+            f"of size {list(weight.shape)} instead"
+        )
+    if weight.shape[0] % groups != 0:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, but "
+            f"got weight of size [{list(weight.shape)}] instead"
+        )
+    if input.shape[1] != weight.shape[1] * groups:
+        raise RuntimeError(
+            f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+            f"{list(input.shape)} to have {weight.shape[1] * groups} channels, but got "
+            f"{input.shape[1]} channels instead"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise RuntimeError(
+            f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+            f"{weight.shape[0]} elements, but got bias of size {list(bias.shape)} instead"
+        )
+    return _out_hw(input, weight, stride, padding, dilation)
+
+
+def _kwargs(input: Tensor, weight: Tensor, stride, padding, dilation, groups, out_hw) -> dict:
+    return dict(
+        input_shape=tuple(input.shape),
+        weight_shape=(weight.shape[0], weight.shape[2], weight.shape[3]),
+        groups=groups,
+        stride=tuple(stride),
+        padding=(padding[0], padding[2]),
+        dilation=tuple(dilation),
+        out_hw=out_hw,
+        num_threads=get_num_threads(),
+    )
+
+
+def _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
+    out_hw = _check(input, weight, bias, stride, padding, dilation, groups)
+    input, weight = input.contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    out = torch.empty((input.shape[0], weight.shape[0], *out_hw), dtype=input.dtype)
+    _native.conv2d_forward(
+        input, weight, bias, out, **_kwargs(input, weight, stride, padding, dilation, groups, out_hw)
+    )
+    return out
+
+
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
+    out_hw = _check(input, weight, bias, stride, padding, dilation, groups)
+    return input.new_empty((input.shape[0], weight.shape[0], *out_hw))
+
+
+def _conv2d_backward_cpu(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    out_hw = _check(input, weight, None, stride, padding, dilation, groups)
+    want = (input.shape[0], weight.shape[0], *out_hw)
+    if tuple(grad_output.shape) != want or grad_output.dtype != input.dtype:
+        raise RuntimeError(
+            f"{_NAME}_backward: grad_output of size {list(grad_output.shape)} and dtype "
+            f"{grad_output.dtype}, expected size {list(want)} and dtype {input.dtype}"
+        )
+    grad_output, input, weight = grad_output.contiguous(), input.contiguous(), weight.contiguous()
+    gi = torch.empty_like(input) if output_mask[0] else None
+    gw = torch.empty_like(weight) if output_mask[1] else None
+    gb = weight.new_empty(weight.shape[0]) if output_mask[2] else None
+    _native.conv2d_backward(
+        grad_output, input, weight, gi, gw, gb,
+        **_kwargs(input, weight, stride, padding, dilation, groups, out_hw),
+    )  # fmt: skip
+    empty = input.new_empty(0)
+    return (
+        empty if gi is None else gi,
+        empty.clone() if gw is None else gw,
+        empty.clone() if gb is None else gb,
+    )
+
+
+def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    _check(input, weight, None, stride, padding, dilation, groups)
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format)
+        if output_mask[0]
+        else input.new_empty(0),
+        torch.empty_like(weight, memory_format=torch.contiguous_format)
+        if output_mask[1]
+        else input.new_empty(0),
+        weight.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    input, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.conf = (stride, padding, dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad: Tensor):
+    input, weight = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
+    with torch.no_grad():
+        grads = torch.ops.bigmodel_native.conv2d_backward(grad, input, weight, *ctx.conf, mask)
+    outs = [g if m else None for g, m in zip(grads, mask, strict=True)]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (grad, input, weight)):
+        # create_graph=True: the gradients get a node that raises if anything differentiates
+        # through them (what @once_differentiable does, but it only looks at grad_output).
+        err = _functions.DelayedError(_DOUBLE_BACKWARD, len(outs))
+        outs = list(err(*[None if g is None else g.detach().requires_grad_() for g in outs]))
+    return (*outs, None, None, None, None)
+
+
+LIB.impl("conv2d", _conv2d_cpu, "CPU")
+LIB.impl("conv2d_backward", _conv2d_backward_cpu, "CPU")
+torch.library.register_fake("bigmodel_native::conv2d", _conv2d_fake, lib=LIB)
+torch.library.register_fake("bigmodel_native::conv2d_backward", _conv2d_backward_fake, lib=LIB)
+torch.library.register_autograd("bigmodel_native::conv2d", _backward, setup_context=_setup_context, lib=LIB)
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: str | int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """Drop-in for ``torch.nn.functional.conv2d`` running bigmodel_native's CPU kernel."""
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+            f"{list(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise RuntimeError(f"Expected 4D weight to conv2d, but got weight of size: {list(weight.shape)}")
+    stride_ = _pair("stride", stride)
+    dilation_ = _pair("dilation", dilation)
+    padding_ = _resolve_padding(padding, weight, stride_, dilation_)
+    if input.dim() == 3:
+        out = torch.ops.bigmodel_native.conv2d(
+            input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups
+        )
+        return out.squeeze(0)
+    return torch.ops.bigmodel_native.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
