@@ -1,3 +1,4 @@
 //! CPU kernels, one module per op.
 
 pub mod adam;
+pub mod attention;
