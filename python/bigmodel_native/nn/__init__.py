@@ -7,4 +7,6 @@ checkpoints.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from .attention import MultiheadAttention
+
+__all__: list[str] = ["MultiheadAttention"]

@@ -7,5 +7,6 @@ checks torch users expect, a fake kernel for tracing, and autograd where the op 
 from __future__ import annotations
 
 from .adam import adam_step_
+from .attention import scaled_dot_product_attention
 
-__all__ = ["adam_step_"]
+__all__ = ["adam_step_", "scaled_dot_product_attention"]
