@@ -25,10 +25,15 @@ pub use tile::{Acc, AttnElement};
 use crate::{Error, Result};
 use tile::{Dropout, HeadMask};
 
-/// Query rows per tile.
+/// Query rows per tile (backward; and forward with `causal`, where small tiles skip more).
 pub const BLOCK_Q: usize = 64;
-/// Keys per tile.
-pub const BLOCK_KV: usize = 64;
+/// Keys per tile (backward).
+pub const BLOCK_KV: usize = 128;
+/// Forward tiles without `causal`: wide key tiles amortise each gemm call's packing. Measured
+/// on the 2-core Xeon (8x8x512x64): 128 x 512 beat 64 x 64 by 1.6x forward; the backward,
+/// which keeps four tile-sized buffers, was fastest at 64 x 128.
+const FWD_BLOCK_Q: usize = 128;
+const FWD_BLOCK_KV: usize = 512;
 
 /// Sizes of one call; every tensor is contiguous in the layout of the module docs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +222,11 @@ pub fn forward<T: AttnElement>(
     out: &mut [T],
     lse: &mut [T::Acc],
 ) -> Result<()> {
-    let p = plan(shape, params, mask)?;
+    let mut p = plan(shape, params, mask)?;
+    p.block_kv = FWD_BLOCK_KV;
+    if !params.causal {
+        p.block_q = FWD_BLOCK_Q;
+    }
     let s = shape;
     check_len("query", q.len(), s.numel(s.heads_q, s.len_q, s.dim_qk)?)?;
     check_len("key", k.len(), s.numel(s.heads_kv, s.len_kv, s.dim_qk)?)?;

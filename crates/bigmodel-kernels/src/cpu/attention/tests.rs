@@ -173,6 +173,8 @@ fn matches_reference_fp64_and_fp32() {
         (shape(1, 4, 2, 130, 77, 8, 12), true),
         (shape(1, 1, 1, 65, 200, 32, 32), true),
         (shape(1, 1, 1, 200, 65, 8, 8), true),
+        (shape(1, 1, 1, 150, 1100, 8, 8), false),
+        (shape(1, 1, 1, 300, 700, 8, 8), true),
     ] {
         let c = Case {
             shape: sh,

@@ -76,8 +76,12 @@ impl Acc for f32 {
     fn exp2(x: f32) -> f32 {
         let x = if x < -127.0 { -127.0 } else { x };
         let x = if x > 127.0 { 127.0 } else { x };
-        // Round to nearest by the 1.5 * 2^23 trick: no rounding instruction needed on SSE2.
-        let n = (x + 12_582_912.0) - 12_582_912.0;
+        // Round to nearest by the 1.5 * 2^23 trick: no rounding instruction needed on SSE2, and
+        // the integer n sits in the low mantissa bits of `t`, so no (scalar, saturating)
+        // float-to-int conversion is needed either.
+        const MAGIC: f32 = 12_582_912.0;
+        let t = x + MAGIC;
+        let n = t - MAGIC;
         let f = x - n;
         const C: [f32; 7] = [
             1.0,
@@ -95,7 +99,7 @@ impl Acc for f32 {
         let p = p.mul_add(f, C[2]);
         let p = p.mul_add(f, C[1]);
         let p = p.mul_add(f, C[0]);
-        let bits = ((n as i32 + 127) << 23) as u32;
+        let bits = t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127) << 23;
         p * f32::from_bits(bits)
     }
     #[inline(always)]
