@@ -162,7 +162,9 @@ def _mha_forward(
         else:
             attn_mask = attn_mask.view(bsz, num_heads, -1, src_len) + kpm
     elif attn_mask is not None:
-        attn_mask = attn_mask.unsqueeze(0) if attn_mask.size(0) == 1 else attn_mask.view(bsz, num_heads, -1, src_len)
+        attn_mask = (
+            attn_mask.unsqueeze(0) if attn_mask.size(0) == 1 else attn_mask.view(bsz, num_heads, -1, src_len)
+        )
     dropout_p = m.dropout if m.training else 0.0
     q = q.view(bsz, num_heads, tgt_len, head_dim)
     k = k.view(bsz, num_heads, src_len, head_dim)

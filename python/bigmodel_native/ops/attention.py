@@ -161,9 +161,7 @@ LIB.impl(_FWD, _sdpa_flash_cpu, "CPU")
 LIB.impl(_BWD, _sdpa_flash_backward_cpu, "CPU")
 torch.library.register_fake(f"bigmodel_native::{_FWD}", _sdpa_flash_fake, lib=LIB)
 torch.library.register_fake(f"bigmodel_native::{_BWD}", _sdpa_flash_backward_fake, lib=LIB)
-torch.library.register_autograd(
-    f"bigmodel_native::{_FWD}", _backward, setup_context=_setup_context, lib=LIB
-)
+torch.library.register_autograd(f"bigmodel_native::{_FWD}", _backward, setup_context=_setup_context, lib=LIB)
 
 
 # --- the drop-in -------------------------------------------------------------------------
@@ -291,5 +289,7 @@ def scaled_dot_product_attention(
     if mask is not None and not lead:
         mask = mask.reshape(1, *mask.shape[-3:]) if mask.dim() == 4 else mask
     seed = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if dropout_p > 0.0 else 0
-    out, _ = torch.ops.bigmodel_native.sdpa_flash(q4, k4, v4, mask, sc, bool(is_causal), float(dropout_p), seed)
+    out, _ = torch.ops.bigmodel_native.sdpa_flash(
+        q4, k4, v4, mask, sc, bool(is_causal), float(dropout_p), seed
+    )
     return out.reshape(out_shape)
