@@ -45,7 +45,7 @@ def _compare(qs, ks, vs, dtype=torch.float32, **kw):
     g = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=ref.dtype)
     got = torch.autograd.grad(ours, (q, k, v), g.to(dtype))
     want = torch.autograd.grad(ref, ref_in, g)
-    for name, a, b in zip("qkv", got, want):
+    for name, a, b in zip("qkv", got, want, strict=True):
         scale = 1.0 if dtype != torch.bfloat16 else 4.0
         torch.testing.assert_close(a.to(b.dtype), b, atol=atol * scale, rtol=rtol * scale, msg=f"d{name}")
 
@@ -159,7 +159,7 @@ def test_dropout_statistics_and_reproducibility():
         plus, minus = t.detach().clone(), t.detach().clone()
         plus[i] += eps
         minus[i] -= eps
-        args = lambda x: [x if s is t else s.detach() for s in (q, k, v)]  # noqa: E731
+        args = lambda x, t=t: [x if s is t else s.detach() for s in (q, k, v)]  # noqa: E731
         num = (f(*args(plus)) - f(*args(minus))) / (2 * eps)
         assert abs(num.item() - grad[i].item()) < 1e-6
     zero = sdpa(q, k, v, dropout_p=1.0)
@@ -262,7 +262,7 @@ def test_multihead_attention(kw):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
         ga = torch.autograd.grad(a.sum(), list(ours.parameters()))
         gb = torch.autograd.grad(b.sum(), list(ref.parameters()))
-        for x, y in zip(ga, gb):
+        for x, y in zip(ga, gb, strict=True):
             torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
     a, wa = ours(query, key, value, average_attn_weights=False)
     b, wb = ref(query, key, value, average_attn_weights=False)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import adam, training
+from . import adam, attention, training
 from .harness import Case, CaseResult, format_table, pin_threads, time_case, write_json
 
 #: suite name -> function returning its cases (``quick`` for fewer rounds).
 SUITES: dict[str, Callable[[bool], list[Case]]] = {
     "adam": adam.cases,
+    "attention": attention.cases,
     "train": training.cases,
 }
 

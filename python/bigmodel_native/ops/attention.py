@@ -198,7 +198,8 @@ def _check_inputs(
         )
     if key.size(-2) != value.size(-2):
         raise RuntimeError(
-            f"Expected key and value to have the same sequence length, got {key.size(-2)} and {value.size(-2)}"
+            "Expected key and value to have the same sequence length, got "
+            f"{key.size(-2)} and {value.size(-2)}"
         )
     if query.size(-1) == 0:
         raise NotImplementedError("bigmodel_native scaled_dot_product_attention: head dimension 0")

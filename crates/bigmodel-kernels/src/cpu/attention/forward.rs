@@ -8,6 +8,10 @@
 //! per-row log-sum-exp `(m + log2 l) ln 2` is the only thing saved for the backward pass.
 //! Rows with every key masked get a zero output and a log-sum-exp of -inf, as torch does.
 
+// `dispatch_isa!` bodies cannot carry attributes; the softmax step takes the tile and the three
+// per-row running states separately so that their borrows stay disjoint.
+#![allow(clippy::too_many_arguments)]
+
 use super::tile::{fix_scores, matmul, view, Acc, AttnElement, TileFix};
 use super::Plan;
 use crate::dispatch_isa;
