@@ -282,3 +282,31 @@ def test_multihead_attention_causal_hint_and_unbatched():
     torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
     with pytest.raises(RuntimeError, match="Need attn_mask"):
         ours(x, x, x, is_causal=True, need_weights=False)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_every_isa_path(isa):
+    from bigmodel_native import _native
+
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(_native.detected_isa()):
+        pytest.skip(f"CPU lacks {isa}")
+    _native.set_isa(isa)
+    try:
+        _compare((1, 2, 70, 24), (1, 2, 600, 24), (1, 2, 600, 24))
+        _compare((1, 2, 130, 24), (1, 2, 130, 24), (1, 2, 130, 24), is_causal=True)
+        _compare((1, 2, 33, 16), (1, 2, 47, 16), (1, 2, 47, 16), dtype=torch.bfloat16)
+    finally:
+        _native.set_isa(None)
+
+
+def test_non_contiguous_inputs():
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 21, 3, 8, generator=g).transpose(1, 2).requires_grad_()
+    kv = torch.randn(2, 3, 8, 30, generator=g).transpose(-1, -2)
+    out = sdpa(q, kv, kv, is_causal=True)
+    ref = F.scaled_dot_product_attention(q, kv, kv, is_causal=True)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
+    (ga,) = torch.autograd.grad(out.sum(), q)
+    (gb,) = torch.autograd.grad(ref.sum(), q)
+    torch.testing.assert_close(ga, gb, atol=2e-5, rtol=2e-5)
