@@ -14,7 +14,7 @@ use bigmodel_kernels::cpu::attention::{
 };
 use bigmodel_kernels::element::DType;
 use bigmodel_kernels::{pool, Error, Result};
-use half::bf16;
+use half::{bf16, f16};
 use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 
@@ -204,11 +204,6 @@ fn check_dtypes(tensors: &[(&TensorInfo, &str)], lse: &TensorInfo) -> PyResult<D
             )));
         }
     }
-    if d == DType::F16 {
-        return Err(PyNotImplementedError::new_err(
-            "bigmodel_native attention: torch.float16 is not supported (float32, float64, bfloat16 are)",
-        ));
-    }
     if lse.dtype != acc_dtype(d) {
         return Err(PyRuntimeError::new_err(
             "attention: logsumexp must be in the arithmetic dtype",
@@ -275,7 +270,8 @@ pub fn attention_forward(
         match d {
             DType::F32 => fwd::<f32>(&shape, &params, [qi, ki, vi, oi, li], &m, d),
             DType::F64 => fwd::<f64>(&shape, &params, [qi, ki, vi, oi, li], &m, d),
-            _ => fwd::<bf16>(&shape, &params, [qi, ki, vi, oi, li], &m, d),
+            DType::BF16 => fwd::<bf16>(&shape, &params, [qi, ki, vi, oi, li], &m, d),
+            DType::F16 => fwd::<f16>(&shape, &params, [qi, ki, vi, oi, li], &m, d),
         }
     };
     py.detach(|| pool::install(num_threads, run)).map_err(to_py)
@@ -383,7 +379,8 @@ pub fn attention_backward(
         match d {
             DType::F32 => bwd::<f32>(&shape, &params, &t, li, &m, d),
             DType::F64 => bwd::<f64>(&shape, &params, &t, li, &m, d),
-            _ => bwd::<bf16>(&shape, &params, &t, li, &m, d),
+            DType::BF16 => bwd::<bf16>(&shape, &params, &t, li, &m, d),
+            DType::F16 => bwd::<f16>(&shape, &params, &t, li, &m, d),
         }
     };
     py.detach(|| pool::install(num_threads, run)).map_err(to_py)

@@ -11,15 +11,16 @@ Two ops carry the work, on contiguous ``(B, H, L, E)`` tensors:
 ``k``/``v`` may have fewer heads than ``q`` (grouped-query attention: query head ``h`` reads kv
 head ``h // (Hq / Hkv)``); the kernel reads the shared heads in place. ``mask`` is compact: 4-D,
 each dimension 1 (broadcast) or full, ``torch.bool`` (True = attend) or additive in the
-arithmetic dtype (float32 for float32/bfloat16 queries, float64 for float64). Dropout draws one
+arithmetic dtype (float64 for float64 queries, float32 otherwise). Dropout draws one
 seed from torch's default generator per call (so ``torch.manual_seed`` makes it reproducible);
 the kernel's counter-based stream regenerates the same keep-mask in the backward pass. Its
 random stream is not torch's, so dropped positions differ from torch's while the statistics match.
 
 :func:`scaled_dot_product_attention` is the drop-in for ``F.scaled_dot_product_attention``: it
 checks arguments as torch does, broadcasts batch dimensions, compacts the mask and flattens to
-the op's layout. Not supported (``NotImplementedError``, never a silent fallback): float16,
-non-CPU tensors, gradients with respect to a float ``attn_mask``, head dimension 0.
+the op's layout. Dtypes: float32, float64, bfloat16 and float16 (the last two computed in
+float32). Not supported (``NotImplementedError``, never a silent fallback): non-CPU tensors,
+gradients with respect to a float ``attn_mask``, head dimension 0.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ LIB.define(
     "float scale, bool is_causal, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)"
 )
 
-_SUPPORTED = (torch.float32, torch.float64, torch.bfloat16)
+_SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -185,11 +186,6 @@ def _check_inputs(
             raise NotImplementedError(
                 f"bigmodel_native scaled_dot_product_attention runs on CPU tensors, got {t.device}"
             )
-    if query.dtype == torch.float16:
-        raise NotImplementedError(
-            "bigmodel_native scaled_dot_product_attention: torch.float16 is not supported "
-            "(float32, float64 and bfloat16 are)"
-        )
     if query.dtype not in _SUPPORTED:
         raise RuntimeError(f"expected a floating-point query, key and value, got {query.dtype}")
     if query.size(-1) != key.size(-1):

@@ -8,7 +8,7 @@
 //! above the diagonal are skipped, not masked. Products go through the `gemm` crate, one
 //! single-threaded call per tile, inside rayon tasks over (batch, head, query tile) forward and
 //! (batch, kv head, key chunk) backward; the softmax and fix-up loops are compiled per ISA
-//! ([`crate::isa`]). fp32 and fp64 compute natively, bf16 in fp32 (tiles converted on load).
+//! ([`crate::isa`]). fp32 and fp64 compute natively, bf16 and fp16 in fp32 (tiles converted on load).
 //!
 //! Semantics follow `torch.nn.functional.scaled_dot_product_attention`: a boolean mask keeps
 //! `true` entries, an additive mask is added to the scaled scores, `causal` is the top-left

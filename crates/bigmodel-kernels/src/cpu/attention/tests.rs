@@ -184,6 +184,7 @@ fn matches_reference_fp64_and_fp32() {
         run_case::<f64>(&c, |x| x, |x| x, 1e-10);
         run_case::<f32>(&c, |x| x as f32, |x| x as f64, 2e-4);
         run_case::<half::bf16>(&c, half::bf16::from_f64, |x| x.to_f64(), 0.1);
+        run_case::<half::f16>(&c, half::f16::from_f64, |x| x.to_f64(), 0.02);
     }
 }
 

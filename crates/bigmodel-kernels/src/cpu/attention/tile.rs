@@ -7,7 +7,7 @@
 //! task per tile row.
 
 use crate::element::{Element, Real};
-use half::bf16;
+use half::{bf16, f16};
 
 /// log2(e): scores are kept in base 2 so that the softmax needs `exp2` only.
 pub const LOG2E: f64 = std::f64::consts::LOG2_E;
@@ -129,7 +129,7 @@ impl Acc for f64 {
     }
 }
 
-/// Storage types the attention kernel accepts: fp32 and fp64 read in place, bf16 converted.
+/// Storage types the attention kernel accepts: fp32 and fp64 read in place, bf16/fp16 converted.
 pub trait AttnElement: Element<Acc: Acc> {
     /// The elements as the arithmetic type, when no conversion is needed.
     fn as_acc(s: &[Self]) -> Option<&[Self::Acc]>;
@@ -147,6 +147,11 @@ impl AttnElement for f64 {
 }
 impl AttnElement for bf16 {
     fn as_acc(_: &[bf16]) -> Option<&[f32]> {
+        None
+    }
+}
+impl AttnElement for f16 {
+    fn as_acc(_: &[f16]) -> Option<&[f32]> {
         None
     }
 }
