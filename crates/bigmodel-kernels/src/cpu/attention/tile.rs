@@ -386,3 +386,67 @@ mod tests {
         assert_eq!(&row[500..], &tail[..]);
     }
 }
+
+#[cfg(test)]
+mod gemm_speed {
+    use super::*;
+
+    /// Single-thread GFLOP/s of the tile products (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn tile_gemm_throughput() {
+        for (m, n, k, t_rhs) in [
+            (128, 512, 64, true),
+            (128, 64, 512, false),
+            (128, 128, 64, true),
+        ] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; n * k];
+            let mut c = vec![0.0f32; m * n];
+            let rhs_st = if t_rhs { (1, k) } else { (n, 1) };
+            let reps = 2000;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                matmul((m, n, k), &mut c, n, false, &a, (k, 1), &b, rhs_st, 1.0);
+            }
+            let s = t0.elapsed().as_secs_f64();
+            println!(
+                "{m}x{n}x{k}: {:.1} GFLOP/s",
+                2.0 * (m * n * k * reps) as f64 / s / 1e9
+            );
+            // Column-major destination (S^T row-major).
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                // SAFETY: all strides stay inside the buffers sized above.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr(),
+                        m as isize,
+                        1,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        rhs_st.1 as isize,
+                        rhs_st.0 as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            }
+            let s = t0.elapsed().as_secs_f64();
+            println!(
+                "  col-major dst: {:.1} GFLOP/s",
+                2.0 * (m * n * k * reps) as f64 / s / 1e9
+            );
+        }
+    }
+}
