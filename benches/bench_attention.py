@@ -32,7 +32,14 @@ def memory() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def results(threads: int, results_dir: Path, memory: dict[str, float]) -> dict[str, CaseResult]:
+def memory_half() -> dict[str, float]:
+    return attention.peak_memory(n=4096)
+
+
+@pytest.fixture(scope="module")
+def results(
+    threads: int, results_dir: Path, memory: dict[str, float], memory_half: dict[str, float]
+) -> dict[str, CaseResult]:
     out = {c.name: time_case(c) for c in attention.cases()}
     ratios: dict[str, object] = {f"{name} vs {TORCH}": round(r.ratio(TORCH), 3) for name, r in out.items()}
     ratios["targets (issue)"] = {f"{k} vs {TORCH}": v for k, v in TARGETS.items()}
@@ -41,6 +48,7 @@ def results(threads: int, results_dir: Path, memory: dict[str, float]) -> dict[s
         "the CI time budget; work per call is linear in B"
     )
     ratios["peak_memory_L8192"] = {k: round(v, 2) for k, v in memory.items()}
+    ratios["peak_memory_L4096"] = {k: round(v, 2) for k, v in memory_half.items()}
     write_json(results_dir / "attention.json", "attention", threads, list(out.values()), ratios)
     print("\n" + format_table(list(out.values())))
     print(memory)
@@ -68,6 +76,11 @@ def test_memory_is_linear_in_length(results: dict[str, CaseResult], memory: dict
     # Everything beyond the four result tensors must be far below one L x S matrix per head.
     extra = memory["peak_extra_mib"] - memory["results_mib"]
     assert extra < 0.1 * memory["one_score_matrix_per_head_mib"], memory
+
+
+def test_memory_grows_linearly(memory: dict[str, float], memory_half: dict[str, float]) -> None:
+    # Doubling L doubles O(L) memory; an L x S buffer anywhere would quadruple it.
+    assert memory["peak_extra_mib"] < 2.6 * memory_half["peak_extra_mib"], (memory, memory_half)
 
 
 def test_attention_pytest_benchmark(benchmark, threads: int) -> None:
