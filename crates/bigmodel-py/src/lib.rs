@@ -7,6 +7,7 @@
 //! exception classes torch would raise; nothing here panics on bad input.
 
 mod adam;
+mod attention;
 mod conv2d;
 mod cross_entropy;
 mod errors;
@@ -60,6 +61,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_function(wrap_pyfunction!(conv2d::conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d::conv2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention::attention_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(attention::attention_backward, m)?)?;
     m.add("NeedsStaging", m.py().get_type::<errors::NeedsStaging>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -7,7 +7,8 @@ checkpoints.
 
 from __future__ import annotations
 
+from .attention import MultiheadAttention
 from .conv2d import Conv2d
 from .cross_entropy import CrossEntropyLoss
 
-__all__: list[str] = ["Conv2d", "CrossEntropyLoss"]
+__all__: list[str] = ["Conv2d", "CrossEntropyLoss", "MultiheadAttention"]

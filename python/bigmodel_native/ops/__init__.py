@@ -7,7 +7,14 @@ checks torch users expect, a fake kernel for tracing, and autograd where the op 
 from __future__ import annotations
 
 from .adam import adam_step_
+from .attention import scaled_dot_product_attention
 from .conv2d import conv2d
 from .cross_entropy import cross_entropy, cross_entropy_inplace_backward
 
-__all__ = ["adam_step_", "conv2d", "cross_entropy", "cross_entropy_inplace_backward"]
+__all__ = [
+    "adam_step_",
+    "conv2d",
+    "cross_entropy",
+    "cross_entropy_inplace_backward",
+    "scaled_dot_product_attention",
+]

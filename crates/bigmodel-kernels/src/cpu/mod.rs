@@ -1,5 +1,6 @@
 //! CPU kernels, one module per op.
 
 pub mod adam;
+pub mod attention;
 pub mod conv2d;
 pub mod cross_entropy;
