@@ -153,7 +153,18 @@ def fit(
     - ``checkpoint_dir``: a checkpoint after every epoch; with ``resume=True`` the run starts from
       the latest one found there (weights, optimizer, callbacks' state, History).
       ``checkpoint_every`` thins the checkpoints (the last epoch is always written).
+
+    Inside a torch.distributed process group this is :func:`.distributed.fit_distributed` (DDP).
     """
+    from .distributed import fit_distributed, is_distributed
+
+    if is_distributed():
+        return fit_distributed(
+            model, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
+            validation_split=validation_split, validation_data=validation_data, metrics=metrics,
+            callbacks=callbacks, seed=seed, shuffle=shuffle, verbose=verbose, checkpoint_dir=checkpoint_dir,
+            resume=resume, checkpoint_every=checkpoint_every, history=history,
+        )  # fmt: skip
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if batch_size < 1:
