@@ -8,6 +8,7 @@ torch's, from the same weights; parameters and the optimizer state's layout must
 from __future__ import annotations
 
 import pytest
+import torch
 from bigmodel_native.training.launch import launch
 
 from . import workers
@@ -50,3 +51,13 @@ def test_zero_consolidated_state_dict_is_torchs(results, name):
 def test_plain_state_for_dtensor_param_is_an_error(results):
     for rank in (0, 1):
         assert "must be a DTensor" in results[rank]["mixed error"]
+
+
+def test_fsdp2_s3_with_our_adamw_matches_one_process_with_torchs(results):
+    """S3 under FSDP2 (gradients reduce-scattered, our AdamW on the shards) = one process, torch's AdamW."""
+    single = workers.s3_adamw(workers.fsdp_s3_batches())
+    for rank in (0, 1):
+        sharded = results[rank]["fsdp s3"]
+        assert sharded.keys() == single.keys()
+        for k, w in single.items():
+            torch.testing.assert_close(sharded[k], w, rtol=1e-4, atol=2e-5, msg=f"rank {rank}: {k}")

@@ -172,6 +172,7 @@ def fsdp_and_zero() -> dict[str, object]:
             if rank == 0:
                 out[f"zero {name} layout"] = (layout["ours"], layout["torch"])
         out["mixed error"] = _mixed_error(mesh)
+        out["fsdp s3"] = fsdp_s3(mesh, rank, world)
         return out
     finally:
         dist.destroy_process_group()
@@ -191,3 +192,53 @@ def _mixed_error(mesh) -> str:
     except RuntimeError as e:
         return str(e)
     return "no error"
+
+
+FSDP_S3_STEPS, FSDP_S3_BATCH = 3, 16
+
+
+def fsdp_s3_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(11)
+    return [
+        (
+            torch.rand(FSDP_S3_BATCH, 1, 28, 28, generator=g),
+            torch.randint(0, 10, (FSDP_S3_BATCH,), generator=g),
+        )
+        for _ in range(FSDP_S3_STEPS)
+    ]
+
+
+def s3_adamw(batches, shard=None) -> dict[str, torch.Tensor]:
+    """S3 (its layers from models._layers: our ops where they exist) trained with AdamW on ``batches``.
+
+    ``shard=(mesh, rank, world)``: FSDP2 (each top-level block and the root sharded), our AdamW, each
+    rank taking its slice of every global batch. Otherwise one process with torch's AdamW.
+    """
+    from bigmodel_native.models import _layers
+
+    torch.manual_seed(0)
+    model = MnistCNN()
+    if shard is not None:
+        from torch.distributed.fsdp import fully_shard
+
+        mesh, rank, world = shard
+        fully_shard(model.features, mesh=mesh)
+        fully_shard(model.classifier, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        opt = AdamW(model.parameters(), lr=1e-3)
+    else:
+        rank, world = 0, 1
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    for x, y in batches:
+        n = len(x) // world
+        opt.zero_grad()
+        _layers.cross_entropy(model(x[rank * n : (rank + 1) * n]), y[rank * n : (rank + 1) * n]).backward()
+        opt.step()
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in model.state_dict().items()
+    }
+
+
+def fsdp_s3(mesh, rank: int, world: int) -> dict[str, torch.Tensor]:
+    return s3_adamw(fsdp_s3_batches(), (mesh, rank, world))

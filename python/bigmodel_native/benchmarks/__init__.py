@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import adam, training
+from . import adam, distributed, training
 from .harness import Case, CaseResult, format_table, pin_threads, time_case, write_json
 
 #: suite name -> function returning its cases (``quick`` for fewer rounds).
 SUITES: dict[str, Callable[[bool], list[Case]]] = {
     "adam": adam.cases,
     "train": training.cases,
+    "ddp": distributed.cases,
 }
 
 
