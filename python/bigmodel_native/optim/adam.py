@@ -22,6 +22,7 @@ unscaled in the redistributed copy, not in ``param.grad``.
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,10 +31,15 @@ from torch import Tensor
 
 from ..ops.adam import adam_step_
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch built without distributed support
-    DTensor = None  # type: ignore[assignment,misc]
+
+def _dtensor_class() -> type | None:
+    """torch's DTensor class if its module is loaded (no DTensor can exist otherwise), else None.
+
+    Importing torch.distributed.tensor costs about a second, so this package never does it itself.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
 
 _TORCH_ADAM_KWARGS = frozenset(inspect.signature(torch.optim.Adam.__init__).parameters)
 
@@ -50,7 +56,8 @@ def _as_float(x: float | Tensor) -> float:
 
 
 def _is_dtensor(t: Tensor) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
 
 
 def _local(t: Tensor) -> Tensor:
@@ -171,7 +178,8 @@ class _FusedAdamStep:
         if not params:
             return
         dtensors: list[Tensor] = []
-        if DTensor is not None and any(_is_dtensor(t) for t in (*params, *grads)):
+        dtensor = _dtensor_class()
+        if dtensor is not None and any(isinstance(t, dtensor) for t in (*params, *grads)):
             params, grads, states, dtensors = _local_shards(
                 params,
                 grads,
