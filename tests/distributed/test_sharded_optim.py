@@ -48,6 +48,11 @@ def test_zero_consolidated_state_dict_is_torchs(results, name):
     assert ours == theirs and len(ours) > 0
 
 
+def test_gradients_placed_unlike_their_parameters_are_redistributed(results):
+    for rank in (0, 1):
+        assert results[rank]["redistributed grads max diff"] <= 1e-6
+
+
 def test_plain_state_for_dtensor_param_is_an_error(results):
     for rank in (0, 1):
         assert "must be a DTensor" in results[rank]["mixed error"]

@@ -172,10 +172,38 @@ def fsdp_and_zero() -> dict[str, object]:
             if rank == 0:
                 out[f"zero {name} layout"] = (layout["ours"], layout["torch"])
         out["mixed error"] = _mixed_error(mesh)
+        out["redistributed grads max diff"] = _redistributed_grads(mesh)
         out["fsdp s3"] = fsdp_s3(mesh, rank, world)
         return out
     finally:
         dist.destroy_process_group()
+
+
+def _redistributed_grads(mesh) -> float:
+    """Gradients placed unlike their parameters (sharded on another dim, replicated, sharded vs
+    replicated params): ours redistributes them and must land where torch's AdamW does."""
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 4, generator=g)
+    grads = [torch.randn(6, 4, generator=g) for _ in range(3)]
+    worst = 0.0
+    for p_place, g_place in (
+        ([Shard(0)], [Shard(1)]),
+        ([Replicate()], [Shard(0)]),
+        ([Shard(0)], [Replicate()]),
+    ):
+        final = []
+        for cls in (AdamW, torch.optim.AdamW):
+            p = nn.Parameter(distribute_tensor(w.clone(), mesh, p_place))
+            opt = cls([p], lr=0.1)
+            for grad in grads:
+                p.grad = distribute_tensor(grad, mesh, g_place)
+                opt.step()
+            assert opt.state[p]["exp_avg"].placements == p.placements
+            final.append(p.full_tensor().detach())
+        worst = max(worst, float((final[0] - final[1]).abs().max()))
+    return worst
 
 
 def _mixed_error(mesh) -> str:
