@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from bigmodel_native.models import MnistCNN
-from bigmodel_native.optim import Adam
+from bigmodel_native.optim import Adam, AdamW
 from bigmodel_native.training import load_checkpoint
 from bigmodel_native.training.launch import WorkerFailed, launch
 
@@ -25,11 +25,18 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def test_ddp_s3_matches_single_process(tmp_path):
-    results = launch(workers.ddp_s3, (str(tmp_path / "ckpt"),), nproc=2)
-    single_w, single_records = workers.s3_fit()
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    return ckpt, launch(workers.ddp_s3, (str(ckpt),), nproc=2)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "zero-adamw"])
+def test_ddp_s3_matches_single_process(ddp_runs, optimizer):
+    ckpt, results = ddp_runs
+    single_w, single_records = workers.s3_fit(optimizer=optimizer.removeprefix("zero-"))
     for rank in (0, 1):
-        weights, records, replicas_agree = results[rank]
+        weights, records, replicas_agree = results[rank][optimizer]
         assert replicas_agree
         assert weights.keys() == single_w.keys()
         for k, w in single_w.items():
@@ -38,11 +45,14 @@ def test_ddp_s3_matches_single_process(tmp_path):
         for mine, ref in zip(records, single_records, strict=True):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
-    # Rank 0's checkpoint is the single-process layout and loads into a plain model.
+    # Rank 0's checkpoint (ZeRO's state consolidated) has the single-process layout and loads into
+    # a plain model and optimizer.
     model = MnistCNN()
-    hist, _ = load_checkpoint(tmp_path / "ckpt", model, Adam(model.parameters()))
+    opt = (Adam if optimizer == "adam" else AdamW)(model.parameters())
+    hist, _ = load_checkpoint(ckpt / optimizer, model, opt)
     assert hist.epochs_done == workers.S3_EPOCHS
-    torch.testing.assert_close(model.state_dict(), results[0][0], rtol=0, atol=0)
+    assert len(opt.state) == len(list(model.parameters()))
+    torch.testing.assert_close(model.state_dict(), results[0][optimizer][0], rtol=0, atol=0)
 
 
 def test_a_dying_rank_fails_the_launch_and_leaves_a_loadable_checkpoint(tmp_path):

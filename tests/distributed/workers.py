@@ -31,10 +31,22 @@ def s3_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(S3_SAMPLES, 1, 28, 28, generator=g), torch.randint(0, 10, (S3_SAMPLES,), generator=g)
 
 
-def s3_fit(checkpoint_dir: str | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """S3 trained with ``fit`` (data-parallel when a process group exists): (weights, History records)."""
+def s3_fit(
+    checkpoint_dir: str | None = None, optimizer: str = "adam"
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """S3 trained with ``fit`` (data-parallel when a process group exists): (weights, History records).
+
+    ``optimizer``: our ``"adam"``, our ``"adamw"``, or ``"zero-adamw"`` (our AdamW inside a
+    ZeroRedundancyOptimizer: each rank steps its share of the parameters, then broadcasts them).
+    """
     torch.manual_seed(0)
     model = MnistCNN()
+    if optimizer == "zero-adamw":
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=AdamW, lr=1e-3)
+    else:
+        opt = {"adam": Adam, "adamw": AdamW}[optimizer](model.parameters(), lr=1e-3)
     x, y = s3_data()
     hist = fit(
         model,
@@ -42,7 +54,7 @@ def s3_fit(checkpoint_dir: str | None = None) -> tuple[dict[str, torch.Tensor], 
         validation_data=(x[80:], y[80:]),
         epochs=S3_EPOCHS,
         batch_size=S3_BATCH,
-        optimizer=Adam(model.parameters(), lr=1e-3),
+        optimizer=opt,
         seed=S3_SEED,
         verbose=0,
         checkpoint_dir=checkpoint_dir,
@@ -50,17 +62,24 @@ def s3_fit(checkpoint_dir: str | None = None) -> tuple[dict[str, torch.Tensor], 
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, hist.records
 
 
-def ddp_s3(checkpoint_dir: str) -> tuple[dict[str, torch.Tensor], list[dict], bool]:
+def _replicas_agree(weights: dict[str, torch.Tensor]) -> bool:
+    same = True
+    for t in weights.values():
+        ref = t.clone()
+        dist.broadcast(ref, src=0)
+        same &= bool(torch.equal(ref, t))
+    return same
+
+
+def ddp_s3(checkpoint_dir: str) -> dict[str, tuple[dict[str, torch.Tensor], list[dict], bool]]:
+    """S3 under DDP with our Adam, then with our AdamW inside ZeRO: (weights, records, replicas agree)."""
     _join()
     try:
-        weights, records = s3_fit(checkpoint_dir)
-        # Replicas must agree: compare every rank's weights with rank 0's.
-        same = True
-        for t in weights.values():
-            ref = t.clone()
-            dist.broadcast(ref, src=0)
-            same &= bool(torch.equal(ref, t))
-        return weights, records, same
+        out = {}
+        for opt in ("adam", "zero-adamw"):
+            weights, records = s3_fit(f"{checkpoint_dir}/{opt}", opt)
+            out[opt] = (weights, records, _replicas_agree(weights))
+        return out
     finally:
         dist.destroy_process_group()
 
