@@ -38,17 +38,22 @@ def _records(out):
     return json.loads((out / "history.json").read_text())["records"]
 
 
-def test_nproc_2_then_resume_on_1_process_matches_one_process_throughout(tmp_path, mnist_dir, capfd):
-    out = tmp_path / "ddp"
-    assert main(_args(mnist_dir, out, 1, "--nproc", "2")) == 0
+def test_resume_on_2_processes_continues_the_1_process_run_exactly(tmp_path, mnist_dir, capfd):
+    out = tmp_path / "run"
+    assert main(_args(mnist_dir, out, 1)) == 0  # epoch 1 in one process
+    capfd.readouterr()
+    # Epochs 2-3 on two processes: rank 0 reads the checkpoint and broadcasts weights, Adam's state,
+    # History and trainer state; the sampler splits the same global batches.
+    assert main(_args(mnist_dir, out, 3, "--nproc", "2", "--resume")) == 0
     printed = capfd.readouterr().out
     assert printed.count("== s3 done") == 1  # rank 0 alone prints the summary
-    assert (out / "checkpoint" / "LATEST").read_text().strip() == "epoch-0001"
-    assert (out / "curves.png").exists() and len(_records(out)) == 1
-    assert main(_args(mnist_dir, out, 2, "--resume")) == 0  # continue in one process
+    assert (out / "checkpoint" / "LATEST").read_text().strip() == "epoch-0003"
+    assert (out / "curves.png").exists()
     fresh = tmp_path / "single"
-    assert main(_args(mnist_dir, fresh, 2)) == 0
-    for mine, ref in zip(_records(out), _records(fresh), strict=True):
+    assert main(_args(mnist_dir, fresh, 3)) == 0
+    resumed, single = _records(out), _records(fresh)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    for mine, ref in zip(resumed, single, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
 
