@@ -85,14 +85,20 @@ def ddp_s3(checkpoint_dir: str) -> dict[str, tuple[dict[str, torch.Tensor], list
 
 
 class _DieAtEpoch(Callback):
-    """Kills this process (SIGKILL: no cleanup, as an OOM kill would) when ``epoch`` begins on ``rank``."""
+    """Kills ``rank`` (SIGKILL: no cleanup, as an OOM kill would) when ``epoch`` begins.
+
+    All ranks meet at a barrier first: rank 0 reaches it only after writing the previous epoch's
+    checkpoint, so which checkpoint is the last complete one does not depend on timing.
+    """
 
     def __init__(self, rank: int, epoch: int) -> None:
         self.rank, self.epoch = rank, epoch
 
     def on_epoch_begin(self, epoch: int) -> None:
-        if epoch == self.epoch and dist.get_rank() == self.rank:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if epoch == self.epoch:
+            dist.barrier()
+            if dist.get_rank() == self.rank:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def ddp_dies(checkpoint_dir: str) -> None:
