@@ -53,6 +53,7 @@ def test_resume_on_2_processes_continues_the_1_process_run_exactly(tmp_path, mni
     assert main(_args(mnist_dir, fresh, 3)) == 0
     resumed, single = _records(out), _records(fresh)
     assert [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert [r.get("processes", 1) for r in resumed] == [1, 2, 2]
     for mine, ref in zip(resumed, single, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key

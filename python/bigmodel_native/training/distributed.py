@@ -357,11 +357,12 @@ def fit_distributed(
         logs["lr"] = lr
         logs["time_s"] = seconds
         logs["samples_per_s"] = n_seen / seconds if seconds > 0 else float("inf")
+        logs["processes"] = world  # absent from single-process epochs
         for cb in callbacks:
             cb.on_epoch_end(epoch, logs)
         hist.append(logs)
         if verbose:
-            print(format_epoch(logs, epochs) + f"  ({world} processes)", flush=True)
+            print(f"{format_epoch(logs, epochs)}  ({world} processes)", flush=True)
         last = epoch + 1 == epochs or any(cb.stop_training for cb in callbacks)
         if checkpoint_dir is not None and (last or (epoch + 1) % max(1, checkpoint_every) == 0):
             if _is_zero(opt):
