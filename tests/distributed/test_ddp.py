@@ -46,13 +46,25 @@ def test_ddp_s3_matches_single_process(ddp_runs, optimizer):
             for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
                 assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
     # Rank 0's checkpoint (ZeRO's state consolidated) has the single-process layout and loads into
-    # a plain model and optimizer.
+    # a plain model and optimizer. (ZeRO's run was then resumed for one more epoch, see below.)
     model = MnistCNN()
     opt = (Adam if optimizer == "adam" else AdamW)(model.parameters())
     hist, _ = load_checkpoint(ckpt / optimizer, model, opt)
-    assert hist.epochs_done == workers.S3_EPOCHS
+    last = optimizer if optimizer == "adam" else f"{optimizer} resumed"
+    assert hist.epochs_done == len(results[0][last][1])
     assert len(opt.state) == len(list(model.parameters()))
-    torch.testing.assert_close(model.state_dict(), results[0][optimizer][0], rtol=0, atol=0)
+    torch.testing.assert_close(model.state_dict(), results[0][last][0], rtol=0, atol=0)
+
+
+def test_ddp_zero_resumes_from_its_consolidated_checkpoint(ddp_runs):
+    _, results = ddp_runs
+    single_w, single_records = workers.s3_fit(optimizer="adamw", epochs=workers.S3_EPOCHS + 1)
+    for rank in (0, 1):
+        weights, records, replicas_agree = results[rank]["zero-adamw resumed"]
+        assert replicas_agree and len(records) == workers.S3_EPOCHS + 1
+        for k, w in single_w.items():
+            torch.testing.assert_close(weights[k], w, rtol=1e-4, atol=2e-5, msg=f"rank {rank}: {k}")
+        assert records[-1]["loss"] == pytest.approx(single_records[-1]["loss"], rel=1e-5)
 
 
 def test_a_dying_rank_fails_the_launch_and_leaves_a_loadable_checkpoint(tmp_path):

@@ -32,7 +32,7 @@ def s3_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def s3_fit(
-    checkpoint_dir: str | None = None, optimizer: str = "adam"
+    checkpoint_dir: str | None = None, optimizer: str = "adam", epochs: int = S3_EPOCHS, resume: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """S3 trained with ``fit`` (data-parallel when a process group exists): (weights, History records).
 
@@ -52,12 +52,13 @@ def s3_fit(
         model,
         (x[:80], y[:80]),
         validation_data=(x[80:], y[80:]),
-        epochs=S3_EPOCHS,
+        epochs=epochs,
         batch_size=S3_BATCH,
         optimizer=opt,
         seed=S3_SEED,
         verbose=0,
         checkpoint_dir=checkpoint_dir,
+        resume=resume,
     )
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, hist.records
 
@@ -79,6 +80,9 @@ def ddp_s3(checkpoint_dir: str) -> dict[str, tuple[dict[str, torch.Tensor], list
         for opt in ("adam", "zero-adamw"):
             weights, records = s3_fit(f"{checkpoint_dir}/{opt}", opt)
             out[opt] = (weights, records, _replicas_agree(weights))
+        # One more epoch from ZeRO's checkpoint: each rank takes its shard of the consolidated state.
+        weights, records = s3_fit(f"{checkpoint_dir}/zero-adamw", "zero-adamw", S3_EPOCHS + 1, resume=True)
+        out["zero-adamw resumed"] = (weights, records, _replicas_agree(weights))
         return out
     finally:
         dist.destroy_process_group()

@@ -11,7 +11,8 @@ reduced across ranks, checkpoints written and read by rank 0 only.
   permutation, i.e. the same global batch as ``fit`` with ``batch_size=B`` in one process. As DDP
   averages the ranks' gradients of equally sized local batches, the update is the single-process one
   up to floating-point summation order. (When the sample count does not divide by the world size the
-  sampler pads by repeating the first samples, as torch's does.)
+  sampler pads by repeating the first samples, as torch's does. Dropout masks are drawn per rank,
+  so a model with dropout matches the single-process run in distribution, not bit for bit.)
 - Losses, accuracy and sample counts of training and validation (each rank validates its own slice)
   are summed over ranks with ``all_reduce``, so History, callbacks and early stopping see the same
   global numbers on every rank.
