@@ -57,6 +57,12 @@ def test_resume_on_2_processes_continues_the_1_process_run_exactly(tmp_path, mni
     for mine, ref in zip(resumed, single, strict=True):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
             assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+    # The final test metrics: every rank evaluated its half, the sums were all-reduced.
+    test_ddp, test_single = (
+        json.loads((d / "history.json").read_text())["meta"]["test"] for d in (out, fresh)
+    )
+    assert test_ddp["confusion_matrix"] == test_single["confusion_matrix"]
+    assert test_ddp["loss"] == pytest.approx(test_single["loss"], rel=1e-5)
 
 
 def test_torchrun_starts_the_same_training(tmp_path, mnist_dir):

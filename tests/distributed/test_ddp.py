@@ -67,6 +67,18 @@ def test_ddp_zero_resumes_from_its_consolidated_checkpoint(ddp_runs):
         assert records[-1]["loss"] == pytest.approx(single_records[-1]["loss"], rel=1e-5)
 
 
+def test_evaluate_sums_the_ranks_slices(ddp_runs):
+    _, results = ddp_runs
+    single = workers.s3_evaluate(results[0]["adam"][0])
+    for rank in (0, 1):
+        mine = results[rank]["evaluate"]
+        assert mine.keys() == single.keys()
+        assert mine["confusion_matrix"] == single["confusion_matrix"]
+        assert sum(map(sum, mine["confusion_matrix"])) == 81
+        for key in ("loss", "accuracy", "macro_f1"):
+            assert mine[key] == pytest.approx(single[key], rel=1e-6), key
+
+
 def test_a_dying_rank_fails_the_launch_and_leaves_a_loadable_checkpoint(tmp_path):
     with pytest.raises(WorkerFailed, match=r"rank 1 \(pid \d+\) was killed by SIGKILL"):
         launch(workers.ddp_dies, (str(tmp_path / "ckpt"),), nproc=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,6 +64,16 @@ def s3_fit(
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, hist.records
 
 
+def s3_evaluate(weights: dict[str, torch.Tensor]) -> dict:
+    """``evaluate`` of S3 with ``weights`` on 81 samples (41 + 40 per rank under 2 processes)."""
+    from bigmodel_native.training import evaluate
+
+    model = MnistCNN()
+    model.load_state_dict(weights)
+    x, y = s3_data()
+    return evaluate(model, (x[:81], y[:81]), batch_size=16)
+
+
 def _replicas_agree(weights: dict[str, torch.Tensor]) -> bool:
     same = True
     for t in weights.values():
@@ -72,7 +83,7 @@ def _replicas_agree(weights: dict[str, torch.Tensor]) -> bool:
     return same
 
 
-def ddp_s3(checkpoint_dir: str) -> dict[str, tuple[dict[str, torch.Tensor], list[dict], bool]]:
+def ddp_s3(checkpoint_dir: str) -> dict[str, Any]:
     """S3 under DDP with our Adam, then with our AdamW inside ZeRO: (weights, records, replicas agree)."""
     _join()
     try:
@@ -83,6 +94,7 @@ def ddp_s3(checkpoint_dir: str) -> dict[str, tuple[dict[str, torch.Tensor], list
         # One more epoch from ZeRO's checkpoint: each rank takes its shard of the consolidated state.
         weights, records = s3_fit(f"{checkpoint_dir}/zero-adamw", "zero-adamw", S3_EPOCHS + 1, resume=True)
         out["zero-adamw resumed"] = (weights, records, _replicas_agree(weights))
+        out["evaluate"] = s3_evaluate(out["adam"][0])
         return out
     finally:
         dist.destroy_process_group()

@@ -55,6 +55,7 @@ from .loop import (
     resolve_loss,
     resolve_optimizer,
 )
+from .metrics import classification_report, confusion_matrix
 
 
 def is_distributed() -> bool:
@@ -381,3 +382,49 @@ def fit_distributed(
     for cb in callbacks:
         cb.on_train_end({"history": hist})
     return hist
+
+
+def evaluate_distributed(
+    model: torch.nn.Module,
+    data: Data,
+    *,
+    batch_size: int = 256,
+    loss: str | LossFn = "cross_entropy",
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """:func:`.loop.evaluate` with each rank evaluating a contiguous slice of ``data``.
+
+    The loss sums, sample counts and confusion matrices are summed over ranks, so every rank returns
+    the metrics of the whole data set (the same as one process, up to summation order).
+    """
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    x, y = _as_tensors(data, "data")
+    loss_fn = resolve_loss(loss)
+    classify = _is_classification(y)
+    rank, world = rank_and_world()
+    dev = _device_of(module)
+    red_dev = _reduce_device(dev)
+    lo, hi = len(x) * rank // world, len(x) * (rank + 1) // world
+    xs, ys = x[lo:hi], y[lo:hi]
+    if classify and num_classes is None:
+        with torch.no_grad():
+            was_training = module.training
+            module.eval()
+            num_classes = int(module(x[:1].to(dev)).shape[-1]) if len(x) else 0
+            module.train(was_training)
+    sums = torch.zeros(2, dtype=torch.float64)
+    cm = torch.zeros(num_classes or 0, num_classes or 0, dtype=torch.int64)
+    if len(xs):
+        vl, _, pred = _run_eval(module, xs, ys, loss_fn, batch_size, classify)
+        sums[0], sums[1] = vl * len(xs), len(xs)
+        if classify:
+            assert pred is not None and num_classes is not None
+            cm = confusion_matrix(pred, ys, num_classes)
+    sums = _all_reduce(sums.to(red_dev)).cpu()
+    out: dict[str, Any] = {"loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")}
+    if not classify:
+        return out
+    cm = _all_reduce(cm.to(red_dev)).cpu()
+    out.update(classification_report(cm))
+    out["confusion_matrix"] = cm.tolist()
+    return out

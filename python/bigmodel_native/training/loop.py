@@ -316,7 +316,14 @@ def evaluate(
     num_classes: int | None = None,
 ) -> dict[str, Any]:
     """Loss; for class-index targets also accuracy, per-class and macro precision/recall/F1 and
-    the confusion matrix (rows: true class, columns: predicted)."""
+    the confusion matrix (rows: true class, columns: predicted).
+
+    Inside a torch.distributed process group each rank evaluates a slice and the results are summed
+    (:func:`.distributed.evaluate_distributed`)."""
+    from .distributed import evaluate_distributed, is_distributed
+
+    if is_distributed():
+        return evaluate_distributed(model, data, batch_size=batch_size, loss=loss, num_classes=num_classes)
     x, y = _as_tensors(data, "data")
     loss_fn = resolve_loss(loss)
     classify = _is_classification(y)
