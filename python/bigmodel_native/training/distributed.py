@@ -15,7 +15,8 @@ reduced across ranks, checkpoints written and read by rank 0 only.
   so a model with dropout matches the single-process run in distribution, not bit for bit.)
 - Losses, accuracy and sample counts of training and validation (each rank validates its own slice)
   are summed over ranks with ``all_reduce``, so History, callbacks and early stopping see the same
-  global numbers on every rank.
+  global numbers on every rank. :func:`.loop.evaluate` likewise hands over to
+  :func:`evaluate_distributed` (slices, summed loss and confusion matrices).
 - Rank 0 writes the checkpoints (the usual atomic layout of :mod:`.checkpoint`) and, on resume, reads
   the latest one and broadcasts weights, optimizer state, History and trainer state to the others. DDP
   keeps replicas identical, so a checkpoint is the single-process one and a run may resume on any
