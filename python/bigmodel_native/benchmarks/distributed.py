@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import socket
 import weakref
 from collections.abc import Callable
@@ -109,7 +110,17 @@ class WorkerPool:
 
     def _wait(self, n: int, what: str) -> None:
         for _ in range(n):
-            kind, info = self.done.get(timeout=self.timeout_s)
+            try:
+                kind, info = self.done.get(timeout=self.timeout_s)
+            except queue.Empty:
+                self.close()
+                dead = [
+                    f"rank {r}: exit code {p.exitcode}" for r, p in enumerate(self.procs) if not p.is_alive()
+                ]
+                raise RuntimeError(
+                    f"benchmark workers gave no '{what}' within {self.timeout_s:.0f}s"
+                    + (f" ({', '.join(dead)})" if dead else "")
+                ) from None
             if kind == "error":
                 self.close()
                 raise RuntimeError(f"benchmark worker failed: {info}")
