@@ -66,3 +66,18 @@ def test_fsdp2_s3_with_our_adamw_matches_one_process_with_torchs(results):
         assert sharded.keys() == single.keys()
         for k, w in single.items():
             torch.testing.assert_close(sharded[k], w, rtol=1e-4, atol=2e-5, msg=f"rank {rank}: {k}")
+
+
+def test_fit_trains_an_fsdp2_model_like_one_process(results):
+    """``fit`` inside a process group leaves an FSDP2 model unwrapped (FSDP2 syncs the gradients)."""
+    single_w, single_records = workers.s3_fit()
+    single_test = workers.s3_evaluate(single_w)
+    for rank in (0, 1):
+        weights, records, test = results[rank]["fsdp fit"]
+        for k, w in single_w.items():
+            torch.testing.assert_close(weights[k], w, rtol=1e-4, atol=2e-5, msg=f"rank {rank}: {k}")
+        for mine, ref in zip(records, single_records, strict=True):
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+                assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
+        assert test["accuracy"] == pytest.approx(single_test["accuracy"])
+        assert test["loss"] == pytest.approx(single_test["loss"], rel=1e-4)

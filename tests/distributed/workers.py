@@ -215,6 +215,7 @@ def fsdp_and_zero() -> dict[str, object]:
         out["mixed error"] = _mixed_error(mesh)
         out["redistributed grads max diff"] = _redistributed_grads(mesh)
         out["fsdp s3"] = fsdp_s3(mesh, rank, world)
+        out["fsdp fit"] = fsdp_fit(mesh)
         return out
     finally:
         dist.destroy_process_group()
@@ -311,3 +312,29 @@ def s3_adamw(batches, shard=None) -> dict[str, torch.Tensor]:
 
 def fsdp_s3(mesh, rank: int, world: int) -> dict[str, torch.Tensor]:
     return s3_adamw(fsdp_s3_batches(), (mesh, rank, world))
+
+
+def fsdp_fit(mesh) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """``fit`` and ``evaluate`` of an FSDP2-sharded S3, our Adam: (full weights, records, test metrics)."""
+    from bigmodel_native.training import evaluate
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = MnistCNN()
+    fully_shard(model.features, mesh=mesh)
+    fully_shard(model.classifier, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    x, y = s3_data()
+    hist = fit(
+        model,
+        (x[:80], y[:80]),
+        validation_data=(x[80:], y[80:]),
+        epochs=S3_EPOCHS,
+        batch_size=S3_BATCH,
+        optimizer=Adam(model.parameters(), lr=1e-3),
+        seed=S3_SEED,
+        verbose=0,
+    )
+    test = evaluate(model, (x[:81], y[:81]), batch_size=16)
+    weights = {k: v.full_tensor().detach().clone() for k, v in model.state_dict().items()}
+    return weights, hist.records, test

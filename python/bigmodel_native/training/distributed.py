@@ -179,6 +179,11 @@ def _broadcast_checkpoint(
     return hist, trainer_state
 
 
+def _has_dtensor_params(module: torch.nn.Module) -> bool:
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and any(isinstance(p, dtensor) for p in module.parameters())
+
+
 def _shared_seed(seed: int | None) -> int:
     """``seed``, or one drawn on rank 0 and shared, so every rank permutes alike."""
     box = [seed if seed is not None else int(torch.randint(0, 2**62, ()).item())]
@@ -190,7 +195,14 @@ def _shared_seed(seed: int | None) -> int:
 def _validate(
     module: torch.nn.Module, val: tuple[Tensor, Tensor], loss_fn: LossFn, batch_size: int, want_acc: bool
 ) -> tuple[float, float | None]:
-    """Validation loss (and accuracy) over all ranks, each evaluating its own contiguous slice."""
+    """Validation loss (and accuracy) over all ranks, each evaluating its own contiguous slice.
+
+    A sharded (FSDP2) model gathers its parameters in every forward, a collective that all ranks must
+    join equally often: there every rank evaluates all of ``val`` instead.
+    """
+    if _has_dtensor_params(module):
+        vl, va, _ = _run_eval(module, val[0], val[1], loss_fn, batch_size, want_acc)
+        return vl, va
     rank, world = rank_and_world()
     lo, hi = len(val[0]) * rank // world, len(val[0]) * (rank + 1) // world
     xv, yv = val[0][lo:hi], val[1][lo:hi]
@@ -228,8 +240,10 @@ def fit_distributed(
 ) -> History:
     """:func:`.loop.fit` on every rank of the current process group; ``batch_size`` is the global batch.
 
-    ``model`` may be a plain module (wrapped in DistributedDataParallel here) or already a DDP
-    module. Only rank 0 prints, writes and reads checkpoints (``checkpoint_dir`` matters on rank 0).
+    ``model`` may be a plain module (wrapped in DistributedDataParallel here), already a DDP
+    module, or a module sharded with FSDP2's ``fully_shard`` (trained as it is, without
+    checkpoints). Only rank 0 prints, writes and reads checkpoints (``checkpoint_dir`` matters on
+    rank 0).
     """
     if not is_distributed():
         raise RuntimeError("fit_distributed needs an initialised torch.distributed process group")
@@ -258,6 +272,12 @@ def fit_distributed(
         raise ValueError("no training samples")
     ddp = model if isinstance(model, DistributedDataParallel) else None
     module = ddp.module if ddp is not None else model
+    sharded = _has_dtensor_params(module)
+    if sharded and checkpoint_dir is not None:
+        raise NotImplementedError(
+            "fit's checkpoints hold whole tensors; this model's parameters are DTensors (FSDP2's "
+            "fully_shard): train it without checkpoint_dir, or save with torch.distributed.checkpoint"
+        )
     dev = _device_of(module)
     x, y = x.to(dev), y.to(dev)
     if val is not None:
@@ -293,9 +313,13 @@ def fit_distributed(
                 print(
                     f"resumed from {checkpoint_dir} after epoch {start} on {world} processes", file=sys.stderr
                 )
-    if ddp is None:
+    if sharded:
+        net = module  # FSDP2 gathers the parameters and reduce-scatters the gradients itself
+    elif ddp is None:
         # DDP's constructor broadcasts rank 0's parameters and buffers: all replicas start alike.
-        ddp = DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+        net = DistributedDataParallel(module, device_ids=[dev.index] if dev.type == "cuda" else None)
+    else:
+        net = ddp
     seed = _shared_seed(seed)
     sampler = EpochSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
     local_batch = batch_size // world
@@ -305,7 +329,7 @@ def fit_distributed(
     for cb in callbacks:
         cb.stop_training = False
         cb.on_train_begin({"epochs": epochs, "start_epoch": start})
-    ddp.train()
+    net.train()
     for epoch in range(start, epochs):
         for cb in callbacks:
             cb.on_epoch_begin(epoch)
@@ -329,9 +353,9 @@ def fit_distributed(
             idx = order[b * local_batch : (b + 1) * local_batch]
             xb, yb = x[idx], y[idx]
             opt.zero_grad(set_to_none=True)
-            out = ddp(xb)
+            out = net(xb)
             batch_loss = loss_fn(out, yb)
-            batch_loss.backward()  # DDP averages the gradients over ranks here
+            batch_loss.backward()  # DDP (or FSDP2) averages the gradients over ranks here
             opt.step()
             with torch.no_grad():
                 total_loss += batch_loss.detach().double() * len(xb)
@@ -396,13 +420,15 @@ def evaluate_distributed(
     """:func:`.loop.evaluate` with each rank evaluating a contiguous slice of ``data``.
 
     The loss sums, sample counts and confusion matrices are summed over ranks, so every rank returns
-    the metrics of the whole data set (the same as one process, up to summation order).
+    the metrics of the whole data set (the same as one process, up to summation order). A sharded
+    (FSDP2) model, whose forwards are collectives, evaluates all of ``data`` on every rank instead.
     """
     module = model.module if isinstance(model, DistributedDataParallel) else model
     x, y = _as_tensors(data, "data")
     loss_fn = resolve_loss(loss)
     classify = _is_classification(y)
-    rank, world = rank_and_world()
+    split = not _has_dtensor_params(module)
+    rank, world = rank_and_world() if split else (0, 1)
     dev = _device_of(module)
     red_dev = _reduce_device(dev)
     lo, hi = len(x) * rank // world, len(x) * (rank + 1) // world
@@ -421,11 +447,13 @@ def evaluate_distributed(
         if classify:
             assert pred is not None and num_classes is not None
             cm = confusion_matrix(pred, ys, num_classes)
-    sums = _all_reduce(sums.to(red_dev)).cpu()
+    if split:
+        sums = _all_reduce(sums.to(red_dev)).cpu()
     out: dict[str, Any] = {"loss": float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")}
     if not classify:
         return out
-    cm = _all_reduce(cm.to(red_dev)).cpu()
+    if split:
+        cm = _all_reduce(cm.to(red_dev)).cpu()
     out.update(classification_report(cm))
     out["confusion_matrix"] = cm.tolist()
     return out
