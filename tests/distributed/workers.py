@@ -314,7 +314,7 @@ def fsdp_s3(mesh, rank: int, world: int) -> dict[str, torch.Tensor]:
     return s3_adamw(fsdp_s3_batches(), (mesh, rank, world))
 
 
-def fsdp_fit(mesh) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+def fsdp_fit(mesh) -> tuple[dict[str, torch.Tensor], list[dict], dict, str]:
     """``fit`` and ``evaluate`` of an FSDP2-sharded S3, our Adam: (full weights, records, test metrics)."""
     from bigmodel_native.training import evaluate
     from torch.distributed.fsdp import fully_shard
@@ -337,4 +337,9 @@ def fsdp_fit(mesh) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     )
     test = evaluate(model, (x[:81], y[:81]), batch_size=16)
     weights = {k: v.full_tensor().detach().clone() for k, v in model.state_dict().items()}
-    return weights, hist.records, test
+    try:
+        fit(model, (x, y), epochs=1, checkpoint_dir="unused", verbose=0)
+        refusal = "none"
+    except NotImplementedError as e:
+        refusal = str(e)
+    return weights, hist.records, test, refusal
