@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import adam, attention, conv2d, cross_entropy, training
+from . import adam, attention, conv2d, cross_entropy, distributed, training
 from .harness import Case, CaseResult, format_table, pin_threads, time_case, write_json
 
 #: suite name -> function returning its cases (``quick`` for fewer rounds).
@@ -15,6 +15,7 @@ SUITES: dict[str, Callable[[bool], list[Case]]] = {
     "conv": conv2d.cases,
     "attention": attention.cases,
     "train": training.cases,
+    "ddp": distributed.cases,
 }
 
 

@@ -9,11 +9,20 @@ instead of one or several torch kernels per tensor it makes a single call to
 The ``foreach`` and ``fused`` flags are accepted and validated as torch does, and do not change
 what runs: the step is always the fused kernel. ``differentiable=True`` cannot be honoured (the
 kernel records no autograd history) and raises NotImplementedError.
+
+Parameters that are DTensors (FSDP2's ``fully_shard``, tensor parallelism) are stepped shard by
+shard: the kernel runs on each rank's local shard (``to_local()``) of the parameter, its gradient
+and its state. The state is created as torch's AdamW creates it (``zeros_like`` of the parameter,
+so a DTensor with the parameter's mesh and placements) and ``state_dict`` is torch's, DTensors
+included. A gradient laid out differently from its parameter is redistributed to the parameter's
+placements first, as a DTensor pointwise op would be; with AMP's ``grad_scale`` such a gradient is
+unscaled in the redistributed copy, not in ``param.grad``.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,6 +30,16 @@ import torch
 from torch import Tensor
 
 from ..ops.adam import adam_step_
+
+
+def _dtensor_class() -> type | None:
+    """torch's DTensor class if its module is loaded (no DTensor can exist otherwise), else None.
+
+    Importing torch.distributed.tensor costs about a second, so this package never does it itself.
+    """
+    module = sys.modules.get("torch.distributed.tensor")
+    return getattr(module, "DTensor", None)
+
 
 _TORCH_ADAM_KWARGS = frozenset(inspect.signature(torch.optim.Adam.__init__).parameters)
 
@@ -34,6 +53,66 @@ def _scalar_dtype() -> torch.dtype:
 
 def _as_float(x: float | Tensor) -> float:
     return float(x.item()) if isinstance(x, Tensor) else float(x)
+
+
+def _is_dtensor(t: Tensor) -> bool:
+    cls = _dtensor_class()
+    return cls is not None and isinstance(t, cls)
+
+
+def _local(t: Tensor) -> Tensor:
+    local = t.to_local()  # under no_grad: the DTensor's own local tensor, no copy
+    wait = getattr(local, "wait", None)  # an AsyncCollectiveTensor after an async redistribute
+    return wait() if callable(wait) else local
+
+
+def _local_shards(
+    params: list[Tensor], grads: list[Tensor], states: list[list[Tensor]]
+) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]], list[Tensor]]:
+    """Each rank's local shards of DTensor params, grads and state (plain tensors pass through).
+
+    Returns the lists for the kernel and the DTensors it updates in place (to bump their versions).
+    """
+    wrappers: list[Tensor] = []
+    local_params: list[Tensor] = []
+    local_grads: list[Tensor] = []
+    local_states: list[list[Tensor]] = [[] for _ in states]
+    for i, p in enumerate(params):
+        g = grads[i]
+        tensors = [p, g, *(lst[i] for lst in states)]
+        if not _is_dtensor(p):
+            if any(_is_dtensor(t) for t in tensors):
+                raise RuntimeError(
+                    "got mixed torch.Tensor and DTensor: a parameter that is a plain tensor has a "
+                    "gradient or optimizer state that is a DTensor"
+                )
+            local_params.append(p)
+            local_grads.append(g)
+            for k, lst in enumerate(states):
+                local_states[k].append(lst[i])
+            continue
+        if not _is_dtensor(g):
+            raise RuntimeError(
+                "got mixed torch.Tensor and DTensor: a DTensor parameter has a plain-tensor gradient; "
+                "need to convert all torch.Tensor to DTensor before calling distributed operators!"
+            )
+        if g.device_mesh != p.device_mesh or tuple(g.placements) != tuple(p.placements):
+            g = g.redistribute(p.device_mesh, p.placements)
+        for lst in states:
+            st = lst[i]
+            if not _is_dtensor(st) or st.device_mesh != p.device_mesh or st.placements != p.placements:
+                raise RuntimeError(
+                    "optimizer state of a DTensor parameter must be a DTensor with the parameter's mesh "
+                    f"and placements {tuple(p.placements)}, got "
+                    + (f"placements {tuple(st.placements)}" if _is_dtensor(st) else type(st).__name__)
+                )
+        local_params.append(_local(p))
+        local_grads.append(_local(g))
+        for k, lst in enumerate(states):
+            local_states[k].append(_local(lst[i]))
+            wrappers.append(lst[i])
+        wrappers.append(p)
+    return local_params, local_grads, local_states, wrappers
 
 
 class _FusedAdamStep:
@@ -98,6 +177,16 @@ class _FusedAdamStep:
             steps.append(st["step"])
         if not params:
             return
+        dtensors: list[Tensor] = []
+        dtensor = _dtensor_class()
+        if dtensor is not None and any(isinstance(t, dtensor) for t in (*params, *grads)):
+            params, grads, states, dtensors = _local_shards(
+                params,
+                grads,
+                [exp_avgs, exp_avg_sqs, max_exp_avg_sqs] if amsgrad else [exp_avgs, exp_avg_sqs],
+            )
+            exp_avgs, exp_avg_sqs = states[0], states[1]
+            max_exp_avg_sqs = states[2] if amsgrad else []
         beta1, beta2 = group["betas"]
         adam_step_(
             params,
@@ -117,6 +206,9 @@ class _FusedAdamStep:
             grad_scale,
             found_inf,
         )
+        skipped = found_inf is not None and float(found_inf) == 1.0
+        if dtensors and not skipped:  # the kernel bumped the local shards' versions; so are the DTensors
+            torch._C._increment_version(dtensors)
 
 
 class Adam(_FusedAdamStep, torch.optim.Adam):

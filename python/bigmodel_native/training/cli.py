@@ -48,6 +48,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and our kernels")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training/test samples")
     p.add_argument("--quiet", action="store_true", help="no progress output, only the final table")
+    p.add_argument(
+        "--nproc", type=int, default=None, help="data-parallel processes (DDP; gloo on CPU, NCCL on GPU)"
+    )
     p.add_argument("--task", default="regression", choices=["regression", "classification"], help="s6 head")
     p.add_argument("--d-model", type=int, default=None, help="s6/s6-lm width (s6: 512, s6-lm: 128)")
     p.add_argument("--layers", type=int, default=None, help="s6/s6-lm blocks (s6: 2, s6-lm: 4)")
@@ -60,8 +63,12 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from ..models import _layers
+    from .distributed import is_rank_zero
+    from .launch import maybe_distribute
     from .systems import DEFAULTS, RECIPES, Run, summary_table
 
+    if (code := maybe_distribute(args)) is not None:  # --nproc N / torchrun: run as N processes
+        return code
     d = DEFAULTS[args.system]
     if args.threads is not None:
         from .. import set_num_threads
@@ -98,6 +105,8 @@ def run_train(args: argparse.Namespace) -> int:
         run.say(f"  {line}")
     t0 = time.perf_counter()
     meta = RECIPES[args.system](run)
+    if not is_rank_zero():
+        return 0
     print(f"\n== {args.system} done in {time.perf_counter() - t0:.1f}s ==")
     print(summary_table(meta, Path(args.out) / "history.json"))
     print(

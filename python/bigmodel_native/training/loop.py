@@ -153,7 +153,18 @@ def fit(
     - ``checkpoint_dir``: a checkpoint after every epoch; with ``resume=True`` the run starts from
       the latest one found there (weights, optimizer, callbacks' state, History).
       ``checkpoint_every`` thins the checkpoints (the last epoch is always written).
+
+    Inside a torch.distributed process group this is :func:`.distributed.fit_distributed` (DDP).
     """
+    from .distributed import fit_distributed, is_distributed
+
+    if is_distributed():
+        return fit_distributed(
+            model, data, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
+            validation_split=validation_split, validation_data=validation_data, metrics=metrics,
+            callbacks=callbacks, seed=seed, shuffle=shuffle, verbose=verbose, checkpoint_dir=checkpoint_dir,
+            resume=resume, checkpoint_every=checkpoint_every, history=history,
+        )  # fmt: skip
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if batch_size < 1:
@@ -305,7 +316,14 @@ def evaluate(
     num_classes: int | None = None,
 ) -> dict[str, Any]:
     """Loss; for class-index targets also accuracy, per-class and macro precision/recall/F1 and
-    the confusion matrix (rows: true class, columns: predicted)."""
+    the confusion matrix (rows: true class, columns: predicted).
+
+    Inside a torch.distributed process group each rank evaluates a slice and the results are summed
+    (:func:`.distributed.evaluate_distributed`)."""
+    from .distributed import evaluate_distributed, is_distributed
+
+    if is_distributed():
+        return evaluate_distributed(model, data, batch_size=batch_size, loss=loss, num_classes=num_classes)
     x, y = _as_tensors(data, "data")
     loss_fn = resolve_loss(loss)
     classify = _is_classification(y)
