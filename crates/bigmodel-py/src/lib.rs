@@ -7,6 +7,7 @@
 //! exception classes torch would raise; nothing here panics on bad input.
 
 mod adam;
+mod cuda;
 mod errors;
 mod tensors;
 mod views;
@@ -50,6 +51,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(detected_isa, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;
     m.add_function(wrap_pyfunction!(adam::adam_step, m)?)?;
+    cuda::register(m)?;
     m.add("NeedsStaging", m.py().get_type::<errors::NeedsStaging>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

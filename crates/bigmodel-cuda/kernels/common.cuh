@@ -1,0 +1,84 @@
+// Shared by every kernel source (prepended by the Rust side before NVRTC compiles a source, so no
+// include path is needed): element types and their conversions, written with integer bit tricks and
+// one PTX instruction so that no CUDA header (cuda_fp16.h / cuda_bf16.h) has to be found by NVRTC.
+// All arithmetic is fp32; bf16 / fp16 are storage formats only.
+
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+#define BM_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+// Round to nearest even, NaN kept quiet (what torch's c10::BFloat16 conversion does).
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (u16)(u >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Element type tags: S is the storage type, to()/from() convert to and from fp32.
+struct F32 {
+    typedef float S;
+    static __device__ __forceinline__ float to(S v) { return v; }
+    static __device__ __forceinline__ S from(float v) { return v; }
+};
+struct BF16 {
+    typedef u16 S;
+    static __device__ __forceinline__ float to(S v) { return bf16_to_f32(v); }
+    static __device__ __forceinline__ S from(float v) { return f32_to_bf16(v); }
+};
+struct F16 {
+    typedef u16 S;
+    static __device__ __forceinline__ float to(S v) { return f16_to_f32(v); }
+    static __device__ __forceinline__ S from(float v) { return f32_to_f16(v); }
+};
+
+// Four consecutive elements as one 16-byte (fp32) or 8-byte (16-bit) access; the caller checks the
+// alignment (4 * sizeof(S)).
+template <class D>
+__device__ __forceinline__ void load4(const typename D::S* p, float* out) {
+    if constexpr (sizeof(typename D::S) == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(p);
+        out[0] = v.x;
+        out[1] = v.y;
+        out[2] = v.z;
+        out[3] = v.w;
+    } else {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        out[0] = D::to((u16)(v.x & 0xffffu));
+        out[1] = D::to((u16)(v.x >> 16));
+        out[2] = D::to((u16)(v.y & 0xffffu));
+        out[3] = D::to((u16)(v.y >> 16));
+    }
+}
+
+template <class D>
+__device__ __forceinline__ void store4(typename D::S* p, const float* in) {
+    if constexpr (sizeof(typename D::S) == 4) {
+        *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+    } else {
+        uint2 v;
+        v.x = (u32)D::from(in[0]) | ((u32)D::from(in[1]) << 16);
+        v.y = (u32)D::from(in[2]) | ((u32)D::from(in[3]) << 16);
+        *reinterpret_cast<uint2*>(p) = v;
+    }
+}
+
+__device__ __forceinline__ bool aligned_to(const void* p, u64 bytes) {
+    return ((u64)p % bytes) == 0;
+}
