@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _cuda, _native
+from . import adam as _adam  # noqa: F401  (defines the op before its CUDA kernel is registered)
 from ._library import LIB
 
 _NAME = "adam_step_"
