@@ -127,28 +127,36 @@ pub struct BackwardArgs {
     pub label_smoothing: f64,
 }
 
-fn check_common(
+/// Checks the inputs every row reads; with no rows there is nothing to read.
+#[allow(clippy::too_many_arguments)]
+fn check_rows(
     a: u64,
+    n_rows: u64,
     logits: u64,
     target: u64,
     weight: u64,
+    lse: u64,
     n_classes: u64,
     smoothing: f64,
 ) -> Result<()> {
-    check_ptr("cross_entropy: input", logits, a)?;
-    check_ptr("cross_entropy: target", target, 8)?;
-    if weight != 0 {
-        check_ptr("cross_entropy: weight", weight, a)?;
-    }
-    if n_classes == 0 || n_classes > i64::MAX as u64 {
-        return Err(Error::Value(format!(
-            "cross_entropy: invalid number of classes {n_classes}"
-        )));
-    }
     if !(0.0..=1.0).contains(&smoothing) {
         return Err(Error::Value(format!(
             "label_smoothing must be between 0.0 and 1.0. Got: {smoothing}"
         )));
+    }
+    if n_rows == 0 {
+        return Ok(());
+    }
+    if n_rows > i64::MAX as u64 || n_classes == 0 || n_classes > i64::MAX as u64 / n_rows {
+        return Err(Error::Value(format!(
+            "cross_entropy: invalid shape ({n_rows}, {n_classes})"
+        )));
+    }
+    check_ptr("cross_entropy: input", logits, a)?;
+    check_ptr("cross_entropy: target", target, 8)?;
+    check_ptr("cross_entropy: lse", lse, 4)?;
+    if weight != 0 {
+        check_ptr("cross_entropy: weight", weight, a)?;
     }
     Ok(())
 }
@@ -156,20 +164,27 @@ fn check_common(
 /// Checks a forward call's addresses for `reduction`.
 pub fn validate_forward(dtype: DType, reduction: Reduction, f: &ForwardArgs) -> Result<()> {
     let a = dtype.size();
-    check_common(
+    check_rows(
         a,
+        f.n_rows,
         f.logits,
         f.target,
         f.weight,
+        f.lse,
         f.n_classes,
         f.label_smoothing,
     )?;
-    check_ptr("cross_entropy: lse", f.lse, 4)?;
-    check_ptr("cross_entropy: out", f.out, a)?;
-    if reduction != Reduction::None {
-        check_ptr("cross_entropy: row_loss", f.row_loss, 4)?;
-        check_ptr("cross_entropy: row_weight", f.row_weight, 4)?;
+    if reduction == Reduction::None {
+        if f.n_rows > 0 {
+            check_ptr("cross_entropy: out", f.out, a)?;
+        }
+    } else {
+        check_ptr("cross_entropy: out", f.out, a)?;
         check_ptr("cross_entropy: total_weight", f.total_weight, 4)?;
+        if f.n_rows > 0 {
+            check_ptr("cross_entropy: row_loss", f.row_loss, 4)?;
+            check_ptr("cross_entropy: row_weight", f.row_weight, 4)?;
+        }
     }
     if f.error_flag != 0 {
         check_ptr("cross_entropy: error_flag", f.error_flag, 4)?;
@@ -241,15 +256,19 @@ pub unsafe fn forward(
 /// Checks a backward call's addresses.
 pub fn validate_backward(dtype: DType, reduction: Reduction, b: &BackwardArgs) -> Result<()> {
     let a = dtype.size();
-    check_common(
+    check_rows(
         a,
+        b.n_rows,
         b.logits,
         b.target,
         b.weight,
+        b.lse,
         b.n_classes,
         b.label_smoothing,
     )?;
-    check_ptr("cross_entropy: lse", b.lse, 4)?;
+    if b.n_rows == 0 {
+        return Ok(());
+    }
     check_ptr("cross_entropy: grad_output", b.grad_out, a)?;
     check_ptr("cross_entropy: grad_input", b.grad_in, a)?;
     if reduction == Reduction::Mean {
@@ -363,6 +382,17 @@ mod tests {
         let mut f = fwd();
         f.n_classes = 0;
         assert!(validate_forward(DType::F16, Reduction::Sum, &f).is_err());
+        // No rows: only the scalar outputs of a reduction are written, nothing else is checked.
+        let empty = ForwardArgs {
+            out: 0x6000,
+            total_weight: 0x7000,
+            ..Default::default()
+        };
+        assert!(validate_forward(DType::F32, Reduction::Mean, &empty).is_ok());
+        assert!(validate_forward(DType::F32, Reduction::None, &ForwardArgs::default()).is_ok());
+        let mut f = fwd();
+        f.n_rows = u64::MAX / 2;
+        assert!(validate_forward(DType::F32, Reduction::None, &f).is_err());
         let b = BackwardArgs {
             logits: 0x1000,
             target: 0x2000,
