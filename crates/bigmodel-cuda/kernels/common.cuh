@@ -19,6 +19,7 @@ __device__ __forceinline__ u16 f32_to_bf16(float f) {
     return (u16)(u >> 16);
 }
 
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ float f16_to_f32(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -30,6 +31,20 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#else
+// Host build of the sources (tests/gpu/adam_emulation.cpp runs the Adam kernels on the CPU).
+inline float f16_to_f32(u16 h) {
+    _Float16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
+}
+inline u16 f32_to_f16(float f) {
+    _Float16 v = (_Float16)f;
+    u16 h;
+    memcpy(&h, &v, 2);
+    return h;
+}
+#endif
 
 // Element type tags: S is the storage type, to()/from() convert to and from fp32.
 struct F32 {
