@@ -18,9 +18,7 @@ static Dim threadIdx, blockIdx, blockDim;
 inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
-struct float4 { float x, y, z, w; };
-struct uint2 { unsigned x, y; };
-inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+struct uint4 { unsigned x, y, z, w; };
 
 #include "../../crates/bigmodel-cuda/kernels/common.cuh"
 #include "../../crates/bigmodel-cuda/kernels/adam.cu"

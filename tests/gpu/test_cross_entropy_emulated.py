@@ -113,8 +113,9 @@ TOL = {
 }
 
 
-# (7, 5): C not a multiple of 4 (scalar path from row 1); (6, 1028): the 4-wide path with no tail;
-# (5, 2051): the 4-wide path with a tail of 3 on row 0, scalar rows after. Every option on fp32;
+# Rows take the 16-byte path (4 fp32 or 8 16-bit elements per load) when aligned, else the scalar
+# one: (7, 5) scalar from row 1; (6, 1028) and (5, 2051) vectors plus a tail on row 0, scalar rows
+# after; (4, 1032) in 16-bit: every row vectorised. Every option on fp32;
 # the 16-bit types on the paths their loads and stores change (the emulation runs 512 OS threads
 # per block, so the full product would take minutes).
 OPTIONS = [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.2)]
@@ -125,6 +126,7 @@ CASES += [
     for shape, r in (((6, 1028), "mean"), ((5, 2051), "none"))
 ]
 CASES += [((7, 5), d, "sum", False, 0.0) for d in DTYPES]
+CASES += [((4, 1032), d, "sum", False, 0.1) for d in (torch.bfloat16, torch.float16)]  # every row 8-wide
 
 
 @pytest.mark.parametrize("shape,dtype,reduction,weighted,smoothing", CASES, ids=str)

@@ -133,29 +133,34 @@ __device__ void adam_step_body(const AdamBatch& b, const AdamHyper& h) {
     S* v = reinterpret_cast<S*>(b.exp_avg_sq[t]) + start;
     S* vm = s.amsgrad ? reinterpret_cast<S*>(b.max_exp_avg_sq[t]) + start : nullptr;
 
-    const u64 width = 4 * sizeof(S);
-    const bool vec = aligned_to(p, width) && aligned_to(g, width) && aligned_to(m, width) &&
-                     aligned_to(v, width) && (!s.amsgrad || aligned_to(vm, width));
+    constexpr int V = Vec<D>::N;
+    const bool vec = aligned_to(p, 16) && aligned_to(g, 16) && aligned_to(m, 16) && aligned_to(v, 16) &&
+                     (!s.amsgrad || aligned_to(vm, 16));
     long long done = 0;
     if (vec) {
-        const long long n4 = n / 4;
-        for (long long q = threadIdx.x; q < n4; q += blockDim.x) {
-            const long long i = q * 4;
-            float rp[4], rg[4], rm[4], rv[4], rvm[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            load4<D>(p + i, rp);
-            load4<D>(g + i, rg);
-            load4<D>(m + i, rm);
-            load4<D>(v + i, rv);
-            if (s.amsgrad) load4<D>(vm + i, rvm);
+        const long long nv = n / V;
+        for (long long q = threadIdx.x; q < nv; q += blockDim.x) {
+            const long long i = q * V;
+            float rp[V], rg[V], rm[V], rv[V], rvm[V];
+            loadv<D>(p + i, rp);
+            loadv<D>(g + i, rg);
+            loadv<D>(m + i, rm);
+            loadv<D>(v + i, rv);
+            if (s.amsgrad) {
+                loadv<D>(vm + i, rvm);
+            } else {
 #pragma unroll
-            for (int k = 0; k < 4; ++k) adam_element(s, rp[k], rg[k], rm[k], rv[k], rvm[k]);
-            store4<D>(p + i, rp);
-            if (s.unscale) store4<D>(g + i, rg);
-            store4<D>(m + i, rm);
-            store4<D>(v + i, rv);
-            if (s.amsgrad) store4<D>(vm + i, rvm);
+                for (int k = 0; k < V; ++k) rvm[k] = 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < V; ++k) adam_element(s, rp[k], rg[k], rm[k], rv[k], rvm[k]);
+            storev<D>(p + i, rp);
+            if (s.unscale) storev<D>(g + i, rg);
+            storev<D>(m + i, rm);
+            storev<D>(v + i, rv);
+            if (s.amsgrad) storev<D>(vm + i, rvm);
         }
-        done = n4 * 4;
+        done = nv * V;
     }
     for (long long i = done + threadIdx.x; i < n; i += blockDim.x) {
         float rp = D::to(p[i]), rg = D::to(g[i]), rm = D::to(m[i]), rv = D::to(v[i]);

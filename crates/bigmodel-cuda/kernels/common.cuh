@@ -63,35 +63,46 @@ struct F16 {
     static __device__ __forceinline__ S from(float v) { return f32_to_f16(v); }
 };
 
-// Four consecutive elements as one 16-byte (fp32) or 8-byte (16-bit) access; the caller checks the
-// alignment (4 * sizeof(S)).
+// One 16-byte access: VEC<D> consecutive elements (4 fp32 or 8 bf16 / fp16), converted to or from
+// fp32. The caller checks the 16-byte alignment. 16-byte accesses keep the most bytes in flight
+// per thread, which is what a bandwidth-bound kernel needs.
 template <class D>
-__device__ __forceinline__ void load4(const typename D::S* p, float* out) {
+struct Vec {
+    static constexpr int N = 16 / sizeof(typename D::S);
+};
+
+template <class D>
+__device__ __forceinline__ void loadv(const typename D::S* p, float* out) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const u32 w[4] = {v.x, v.y, v.z, v.w};
     if constexpr (sizeof(typename D::S) == 4) {
-        const float4 v = *reinterpret_cast<const float4*>(p);
-        out[0] = v.x;
-        out[1] = v.y;
-        out[2] = v.z;
-        out[3] = v.w;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) out[k] = __uint_as_float(w[k]);
     } else {
-        const uint2 v = *reinterpret_cast<const uint2*>(p);
-        out[0] = D::to((u16)(v.x & 0xffffu));
-        out[1] = D::to((u16)(v.x >> 16));
-        out[2] = D::to((u16)(v.y & 0xffffu));
-        out[3] = D::to((u16)(v.y >> 16));
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            out[2 * k] = D::to((u16)(w[k] & 0xffffu));
+            out[2 * k + 1] = D::to((u16)(w[k] >> 16));
+        }
     }
 }
 
 template <class D>
-__device__ __forceinline__ void store4(typename D::S* p, const float* in) {
+__device__ __forceinline__ void storev(typename D::S* p, const float* in) {
+    u32 w[4];
     if constexpr (sizeof(typename D::S) == 4) {
-        *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = __float_as_uint(in[k]);
     } else {
-        uint2 v;
-        v.x = (u32)D::from(in[0]) | ((u32)D::from(in[1]) << 16);
-        v.y = (u32)D::from(in[2]) | ((u32)D::from(in[3]) << 16);
-        *reinterpret_cast<uint2*>(p) = v;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = (u32)D::from(in[2 * k]) | ((u32)D::from(in[2 * k + 1]) << 16);
     }
+    uint4 v;
+    v.x = w[0];
+    v.y = w[1];
+    v.z = w[2];
+    v.w = w[3];
+    *reinterpret_cast<uint4*>(p) = v;
 }
 
 __device__ __forceinline__ bool aligned_to(const void* p, u64 bytes) {

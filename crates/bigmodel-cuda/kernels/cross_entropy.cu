@@ -3,8 +3,8 @@
 //
 // One block per row (grid-stride over rows), fp32 math whatever the storage type.
 // Forward reads each row once: every thread keeps an online log-sum-exp (running max m and
-// sum s of exp(x - m), rescaled when the max grows, once per 4 elements) plus, for label smoothing,
-// the sum of (weighted) logits; the block then merges the partial states. Per row, with
+// sum s of exp(x - m), rescaled when the max grows, once per 16-byte load of 4 or 8 elements)
+// plus, for label smoothing, the sum of (weighted) logits; the block then merges the partial states. Per row, with
 // lse = log sum_c exp(x_c), w_c the class weight (1 without weights), W = sum_c w_c, eps the
 // label smoothing and C the number of classes (torch's formula, LossNLL.cpp):
 //   loss_r = (1 - eps) * w_t * (lse - x_t) + eps / C * (W * lse - sum_c w_c x_c)
@@ -115,26 +115,32 @@ __device__ void ce_forward_body(const CeForward& a) {
         const S* x = reinterpret_cast<const S*>(a.logits) + r * C;
         float m = -BM_INF, s = 0.0f, sum_x = 0.0f, sum_w = 0.0f;
         long long done = 0;
-        if (aligned_to(x, 4 * sizeof(S))) {
-            const long long n4 = C / 4;
-            for (long long q = threadIdx.x; q < n4; q += blockDim.x) {
-                float v[4];
-                load4<D>(x + q * 4, v);
-                const float lm = fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3]));
+        constexpr int V = Vec<D>::N;
+        if (aligned_to(x, 16)) {
+            const long long nv = C / V;
+            for (long long q = threadIdx.x; q < nv; q += blockDim.x) {
+                float v[V];
+                loadv<D>(x + q * V, v);
+                float lm = v[0];
+#pragma unroll
+                for (int k = 1; k < V; ++k) lm = fmaxf(lm, v[k]);
                 if (lm > m) {
                     s = (m == -BM_INF) ? 0.0f : s * CE_EXP(m - lm);
                     m = lm;
                 }
-                if (m != -BM_INF) s += CE_EXP(v[0] - m) + CE_EXP(v[1] - m) + CE_EXP(v[2] - m) + CE_EXP(v[3] - m);
+                if (m != -BM_INF) {
+#pragma unroll
+                    for (int k = 0; k < V; ++k) s += CE_EXP(v[k] - m);
+                }
                 if (smoothing) {
-                    for (int k = 0; k < 4; ++k) {
-                        const float w = weight ? D::to(weight[q * 4 + k]) : 1.0f;
+                    for (int k = 0; k < V; ++k) {
+                        const float w = weight ? D::to(weight[q * V + k]) : 1.0f;
                         sum_x += w * v[k];
                         sum_w += w;
                     }
                 }
             }
-            done = n4 * 4;
+            done = nv * V;
         }
         for (long long c = done + threadIdx.x; c < C; c += blockDim.x) {
             const float v = D::to(x[c]);
@@ -228,19 +234,21 @@ __device__ void ce_backward_body(const CeBackward& a) {
         const float coef_w = g * eps / (float)C;
         const float lse = reinterpret_cast<const float*>(a.lse)[r];
         long long done = 0;
-        if (aligned_to(x, 4 * sizeof(S)) && aligned_to(dx, 4 * sizeof(S))) {
-            const long long n4 = C / 4;
-            for (long long q = threadIdx.x; q < n4; q += blockDim.x) {
-                float v[4];
-                load4<D>(x + q * 4, v);
-                for (int k = 0; k < 4; ++k) {
-                    const long long c = q * 4 + k;
+        constexpr int V = Vec<D>::N;
+        if (aligned_to(x, 16) && aligned_to(dx, 16)) {
+            const long long nv = C / V;
+            for (long long q = threadIdx.x; q < nv; q += blockDim.x) {
+                float v[V];
+                loadv<D>(x + q * V, v);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    const long long c = q * V + k;
                     const float w = weight ? D::to(weight[c]) : 1.0f;
                     v[k] = valid ? coef_p * CE_EXP(v[k] - lse) - coef_w * w - (c == t ? coef_t : 0.0f) : 0.0f;
                 }
-                store4<D>(dx + q * 4, v);
+                storev<D>(dx + q * V, v);
             }
-            done = n4 * 4;
+            done = nv * V;
         }
         for (long long c = done + threadIdx.x; c < C; c += blockDim.x) {
             const float w = weight ? D::to(weight[c]) : 1.0f;
