@@ -40,9 +40,7 @@ def _make(shapes, dtype=torch.float32, transpose=False):
     return ps
 
 
-def _run_pair(
-    ours_cls, torch_cls, kwargs, steps=100, dtype=torch.float32, transpose=False, torch_kwargs=None
-):
+def _run_pair(ours_cls, torch_cls, kwargs, steps=100, dtype=torch.float32, transpose=False, torch_kwargs=None):
     a = _make(SHAPES, dtype, transpose)
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     oa = ours_cls(a, lr=1e-2, **kwargs)
@@ -58,11 +56,7 @@ def _run_pair(
 
 
 def _rel_err(a, b):
-    return max(
-        ((x.double() - y.double()).abs() / y.double().abs().clamp_min(1)).max().item()
-        for x, y in zip(a, b)
-        if x.numel()
-    )
+    return max(((x.double() - y.double()).abs() / y.double().abs().clamp_min(1)).max().item() for x, y in zip(a, b) if x.numel()) 
 
 
 @pytest.mark.parametrize("kwargs", OPTIONS, ids=str)
@@ -165,9 +159,7 @@ def test_closure_is_called_with_grad_enabled():
 
 @pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
 def test_state_dict_round_trip_then_identical_training(direction):
-    src_cls, dst_cls = (
-        (torch.optim.AdamW, AdamW) if direction == "torch_to_ours" else (AdamW, torch.optim.AdamW)
-    )
+    src_cls, dst_cls = (torch.optim.AdamW, AdamW) if direction == "torch_to_ours" else (AdamW, torch.optim.AdamW)
     model = torch.nn.Linear(5, 3)
     opt = src_cls(model.parameters(), lr=1e-2, amsgrad=True)
     for _ in range(5):
