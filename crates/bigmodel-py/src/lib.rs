@@ -10,6 +10,7 @@ mod adam;
 mod attention;
 mod conv2d;
 mod cross_entropy;
+mod cuda;
 mod errors;
 mod tensors;
 mod views;
@@ -63,6 +64,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(conv2d::conv2d_backward, m)?)?;
     m.add_function(wrap_pyfunction!(attention::attention_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention::attention_backward, m)?)?;
+    cuda::register(m)?;
     m.add("NeedsStaging", m.py().get_type::<errors::NeedsStaging>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -163,7 +163,8 @@ class _FusedAdamStep:
                 )
             st = state[p]
             if len(st) == 0:
-                st["step"] = torch.zeros((), dtype=_scalar_dtype())
+                # On the parameter's device for CUDA (as torch's fused Adam): no host sync, capturable.
+                st["step"] = torch.zeros((), dtype=_scalar_dtype(), device=p.device if p.is_cuda else None)
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 if amsgrad:
