@@ -18,7 +18,7 @@ __version__: str = _native.__version__
 # Importing ops registers the custom ops with torch.
 from . import nn, ops, optim  # noqa: E402
 
-__all__ = ["__version__", "get_num_threads", "ops", "optim", "set_num_threads", "cpu_isa"]
+__all__ = ["__version__", "get_num_threads", "nn", "ops", "optim", "set_num_threads", "cpu_isa"]
 
 
 def cpu_isa() -> str:

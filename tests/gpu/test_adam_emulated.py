@@ -12,6 +12,7 @@ test_adam_cuda.py on a GPU.
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -20,7 +21,14 @@ import pytest
 import torch
 
 HERE = Path(__file__).parent
-T, B, CHUNK = 32, 256, 65536
+_SOURCE = (HERE.parents[1] / "crates/bigmodel-cuda/kernels/adam.cu").read_text()
+
+
+def _define(name: str) -> int:
+    return int(re.search(rf"^#define {name} (\d+)$", _SOURCE, flags=re.M).group(1))
+
+
+T, B, CHUNK = _define("ADAM_MAX_TENSORS"), _define("ADAM_MAX_BLOCKS"), _define("ADAM_CHUNK")
 U64s, I64s = ctypes.c_uint64 * T, ctypes.c_int64 * T
 
 

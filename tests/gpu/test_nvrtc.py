@@ -59,8 +59,8 @@ def test_entry_points_and_parameter_sizes(name, arch):
     }
     expected = {entry: [ABI[s] for s in structs] for entry, structs in ENTRIES[name].items()}
     assert params == expected
-    # Kernel parameters stay under the classic 4 KiB limit, and nothing spills to local memory.
-    assert all(sum(v) <= 4096 for v in params.values())
+    # Kernel parameters fit the large-parameter limit (CUDA 12.1+), and nothing spills to local memory.
+    assert all(sum(v) <= 32764 for v in params.values())
     assert ".local" not in ptx
 
 

@@ -3,7 +3,7 @@
 // One launch updates up to ADAM_MAX_TENSORS tensors: every tensor is cut into chunks of ADAM_CHUNK
 // elements and block b handles chunk block_chunk[b] of tensor block_tensor[b] (the table apex and
 // torch's multi_tensor_apply use). The tensor addresses travel in the kernel parameters (under the
-// classic 4 KiB limit), so a launch needs no host-to-device copy and can be captured in a CUDA graph.
+// large kernel-parameter limit of CUDA 12.1+, 32764 bytes), so a launch needs no host-to-device copy and can be captured in a CUDA graph.
 //
 // Per element, in fp32 whatever the storage type (the CPU kernel's and torch's order of operations):
 //   g  = grad / grad_scale            (AMP only; the unscaled grad is written back)
@@ -20,8 +20,8 @@
 // fused step leaves the counters alone on overflow), and adam_step_* reads the new count. Nothing
 // here reads device memory on the host: a whole step can sit in a CUDA graph.
 
-#define ADAM_MAX_TENSORS 32
-#define ADAM_MAX_BLOCKS 256
+#define ADAM_MAX_TENSORS 192
+#define ADAM_MAX_BLOCKS 1536
 #define ADAM_CHUNK 65536
 #define ADAM_THREADS 512
 

@@ -6,7 +6,10 @@ checks torch users expect, a fake kernel for tracing, and autograd where the op 
 
 from __future__ import annotations
 
-from . import adam_cuda  # noqa: F401  (registers adam_step_'s CUDA kernel)
+from . import (
+    adam_cuda,  # noqa: F401  (registers adam_step_'s CUDA kernel)
+    cross_entropy_cuda,  # noqa: F401  (registers the cross-entropy ops' CUDA kernels)
+)
 from .adam import adam_step_
 from .attention import scaled_dot_product_attention
 from .conv2d import conv2d

@@ -1,4 +1,4 @@
-"""Fused softmax cross-entropy: a drop-in for ``torch.nn.functional.cross_entropy`` on CPU.
+"""Fused softmax cross-entropy: a drop-in for ``torch.nn.functional.cross_entropy`` (CPU and CUDA).
 
 :func:`cross_entropy` takes F.cross_entropy's exact arguments and has its semantics: class-index
 targets (int64 or uint8) and class-probability targets (shaped like the input); inputs ``(N, C)``,
@@ -23,6 +23,8 @@ Ops (``torch.ops.bigmodel_native.*``), each with a fake kernel:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -270,10 +272,12 @@ def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
             label_smoothing,
         )
         if ctx.inplace:
-            (_backward_inplace_cpu if direct else OPS.cross_entropy_backward_)(*args)
+            (_kernel("cross_entropy_backward_", input) if direct else OPS.cross_entropy_backward_)(*args)
             grad_input = input
         else:
-            grad_input = (_backward_cpu if direct else OPS.cross_entropy_backward)(*args)
+            grad_input = (_kernel("cross_entropy_backward", input) if direct else OPS.cross_entropy_backward)(
+                *args
+            )
     if ctx.needs_input_grad[1]:
         args = (grad_loss, input, weight, lse, total_weight, reduction, label_smoothing)
         grad_target = (_target_backward_cpu if direct else OPS.cross_entropy_target_backward)(*args)
@@ -283,6 +287,21 @@ def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
 torch.library.register_autograd(
     "bigmodel_native::cross_entropy_forward", _backward, setup_context=_setup_context, lib=LIB
 )
+
+
+#: device type -> op name -> the implementation registered for it (cross_entropy_cuda.py adds "cuda").
+KERNELS: dict[str, dict[str, Callable[..., Any]]] = {
+    "cpu": {
+        "cross_entropy_forward": _forward_cpu,
+        "cross_entropy_backward": _backward_cpu,
+        "cross_entropy_backward_": _backward_inplace_cpu,
+    }
+}
+
+
+def _kernel(op: str, input: Tensor) -> Callable[..., Any]:
+    """The implementation the dispatcher would pick for ``op`` on ``input``'s device."""
+    return KERNELS[input.device.type][op]
 
 
 def _eager(*tensors: Tensor | None) -> bool:
@@ -312,7 +331,7 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out = _forward_cpu(*args)
+        out = _kernel("cross_entropy_forward", args[0])(*args)
         _setup_context(ctx, args, out)
         return out
 
@@ -326,11 +345,7 @@ def _check(
     input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, label_smoothing: float
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """torch's argument checks, in torch's order, with its exception classes and messages."""
-    for name, t in (("input", input), ("target", target), ("weight", weight)):
-        if t is not None and t.device.type != "cpu":
-            raise NotImplementedError(
-                f"bigmodel_native.ops.cross_entropy: {name} is on {t.device}; the kernel runs on CPU tensors"
-            )
+    _check_devices(input, target, weight)
     if input.dim() == 0:
         raise IndexError("Dimension specified as 1 but tensor has no dimensions")
     if input.dtype not in _FLOATS:
@@ -338,6 +353,11 @@ def _check(
         raise NotImplementedError(f"\"{kernel}\" not implemented for '{_scalar(input)}'")
     classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     if input.shape == target.shape:  # class probabilities
+        if input.is_cuda:
+            raise NotImplementedError(
+                "bigmodel_native.ops.cross_entropy: class-probability targets run on CPU tensors only; "
+                "on CUDA use class-index targets or torch.nn.functional.cross_entropy"
+            )
         if not target.is_floating_point():
             raise RuntimeError(
                 f"Expected floating point type for target with class probabilities, got {_scalar(target)}"
@@ -397,6 +417,25 @@ def _check(
     return input, target, weight
 
 
+def _check_devices(input: Tensor, target: Tensor, weight: Tensor | None) -> None:
+    """CPU or CUDA, all on one device (torch's message otherwise), and what the CUDA kernels take."""
+    if input.device.type not in ("cpu", "cuda"):
+        raise NotImplementedError(
+            f"bigmodel_native.ops.cross_entropy: input is on {input.device}; the kernels run on CPU and CUDA"
+        )
+    for t in (target, weight):
+        if t is not None and t.device != input.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two devices, "
+                f"{input.device} and {t.device}!"
+            )
+    if input.is_cuda and input.dtype == torch.float64:
+        raise NotImplementedError(
+            "bigmodel_native.ops.cross_entropy: the CUDA kernels take float32, bfloat16 and float16 logits; "
+            "float64 runs on CPU tensors"
+        )
+
+
 def _check_weight(weight: Tensor | None, classes: int) -> None:
     if weight is not None and (weight.dim() != 1 or weight.numel() != classes):
         raise RuntimeError(
@@ -430,7 +469,7 @@ def _run(
         return OPS.cross_entropy_forward(*args)[0]
     if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
         return _CrossEntropy.apply(*args)[0]
-    return _forward_cpu(*args)[0]
+    return _kernel("cross_entropy_forward", input)(*args)[0]
 
 
 def cross_entropy(
@@ -443,7 +482,7 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """``torch.nn.functional.cross_entropy`` computed by the fused Rust kernel (CPU tensors)."""
+    """``torch.nn.functional.cross_entropy`` by the fused kernels (Rust on CPU, CUDA on the GPU)."""
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
