@@ -155,7 +155,7 @@ fn inspect_cuda(t: &Bound<'_, PyAny>, what: &str) -> PyResult<CudaInfo> {
     }
     let dtype_obj = t.getattr(intern!(py, "dtype"))?;
     let Some(dtype) = kernel_dtype(py, &dtype_obj)?.and_then(cuda_dtype) else {
-        if t.call_method0(intern!(py, "is_complex"))?.is_truthy()? {
+        if crate::tensors::call0(t, intern!(py, "is_complex"))?.is_truthy()? {
             return Err(NeedsStaging::new_err(format!("{what} is complex")));
         }
         return Err(PyTypeError::new_err(format!(
@@ -164,14 +164,14 @@ fn inspect_cuda(t: &Bound<'_, PyAny>, what: &str) -> PyResult<CudaInfo> {
             dtype_obj.str()?
         )));
     };
-    if !t.call_method0(intern!(py, "is_contiguous"))?.is_truthy()? {
+    if !crate::tensors::call0(t, intern!(py, "is_contiguous"))?.is_truthy()? {
         return Err(NeedsStaging::new_err(format!("{what} is not contiguous")));
     }
     Ok(CudaInfo {
-        ptr: t.call_method0(intern!(py, "data_ptr"))?.extract()?,
+        ptr: crate::tensors::call0(t, intern!(py, "data_ptr"))?.extract()?,
         nbytes: t.getattr(intern!(py, "nbytes"))?.extract()?,
         dtype,
-        device: t.call_method0(intern!(py, "get_device"))?.extract()?,
+        device: crate::tensors::call0(t, intern!(py, "get_device"))?.extract()?,
     })
 }
 
@@ -204,13 +204,11 @@ fn read_step(t: &Bound<'_, PyAny>, i: usize, device: i32) -> PyResult<Step> {
         ))
     };
     if !t.getattr(intern!(py, "is_cuda"))?.is_truthy()?
-        || t.call_method0(intern!(py, "get_device"))?
-            .extract::<i32>()?
-            != device
+        || crate::tensors::call0(t, intern!(py, "get_device"))?.extract::<i32>()? != device
     {
         return Err(bad());
     }
-    let ptr: u64 = t.call_method0(intern!(py, "data_ptr"))?.extract()?;
+    let ptr: u64 = crate::tensors::call0(t, intern!(py, "data_ptr"))?.extract()?;
     let nbytes: u64 = t.getattr(intern!(py, "nbytes"))?.extract()?;
     match kernel_dtype(py, &t.getattr(intern!(py, "dtype"))?)? {
         Some(KDType::F32) if nbytes == 4 => Ok(Step::Device(StepCounter::DeviceF32(ptr))),

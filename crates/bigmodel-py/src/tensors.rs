@@ -93,7 +93,10 @@ pub fn kernel_dtype(py: Python<'_>, dtype: &Bound<'_, PyAny>) -> PyResult<Option
 /// `call_method0` builds a bound method per call, which on 8,000 tensors costs more than the
 /// kernel and wakes the garbage collector; CPython's `PyObject_CallMethodObjArgs` looks the
 /// method up and calls it on a stack vector instead.
-fn call0<'py>(obj: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn call0<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = obj.py();
     // SAFETY: both pointers are live objects borrowed for the duration of the call; the
     // variadic list is terminated by a null pointer as the C API requires; the result is a new

@@ -16,11 +16,14 @@ stand-ins go through the same kernel and are copied back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from .. import _native
 from .._threads import get_num_threads
+from ._eager import skips_dispatcher
 from ._library import LIB
 
 _NAME = "adam_step_"
@@ -51,6 +54,13 @@ def adam_step_(
     found_inf: Tensor | None = None,
 ) -> None:
     """Fused Adam (``decoupled_weight_decay=False``) or AdamW step; see the module docstring."""
+    kernel = KERNELS.get(params[0].device.type) if params else None
+    if kernel is not None and skips_dispatcher(*params, *grads):
+        kernel(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
+            weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf,
+        )  # fmt: skip
+        return
     torch.ops.bigmodel_native.adam_step_(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr, beta1, beta2,
         weight_decay, eps, amsgrad, maximize, decoupled_weight_decay, grad_scale, found_inf,
@@ -130,5 +140,7 @@ def _adam_step_fake(*args: object, **kwargs: object) -> None:
     return None
 
 
+#: device type -> the kernel registered for it (adam_cuda.py adds "cuda").
+KERNELS: dict[str, Callable[..., None]] = {"cpu": _adam_step_cpu}
 LIB.impl(_NAME, _adam_step_cpu, "CPU")
 torch.library.register_fake(f"bigmodel_native::{_NAME}", _adam_step_fake, lib=LIB)

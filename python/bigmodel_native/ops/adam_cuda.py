@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _cuda, _native
-from . import adam as _adam  # noqa: F401  (defines the op before its CUDA kernel is registered)
+from . import adam as _adam  # defines the op before its CUDA kernel is registered
 from ._library import LIB
 
 _NAME = "adam_step_"
@@ -97,4 +97,5 @@ def _staged_step(lists: list[list[Tensor]], amsgrad: bool, hyper: dict) -> None:
         original.copy_(copy)
 
 
+_adam.KERNELS["cuda"] = _adam_step_cuda
 LIB.impl(_NAME, _adam_step_cuda, "CUDA")

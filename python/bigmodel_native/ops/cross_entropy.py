@@ -33,10 +33,10 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .. import _native
 from .._threads import get_num_threads
+from ._eager import skips_dispatcher
 from ._library import LIB
 
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 OPS = torch.ops.bigmodel_native
 
 LIB.define(
@@ -256,7 +256,7 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
 def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     input, target, weight, lse, asum, total_weight = ctx.saved_tensors
     reduction, ignore_index, label_smoothing = ctx.args
-    direct = _eager(grad_loss)
+    direct = skips_dispatcher(grad_loss)
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
         args = (
@@ -304,21 +304,6 @@ def _kernel(op: str, input: Tensor) -> Callable[..., Any]:
     return KERNELS[input.device.type][op]
 
 
-def _eager(*tensors: Tensor | None) -> bool:
-    """Whether the ops' CPU implementations may be called directly, skipping the dispatcher.
-
-    Each trip through the dispatcher into a Python kernel costs tens of microseconds, several
-    times the kernel at small sizes. In plain eager mode on plain tensors the dispatcher would
-    route to these same functions; under ``torch.compile``, a dispatch mode (fake tensors,
-    functionalization), functorch transforms or tensor subclasses the registered ops are used.
-    """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
-    if torch._C._are_functorch_transforms_active():
-        return False
-    return all(t is None or type(t) in _PLAIN for t in tensors)
-
-
 class _CrossEntropy(torch.autograd.Function):
     """The op's autograd, entered directly in plain eager mode.
 
@@ -326,7 +311,7 @@ class _CrossEntropy(torch.autograd.Function):
     sizes (torch wraps it in a generic Function and rebinds its signature on every call). This
     old-style Function (no separate ``setup_context``, so no per-call signature binding) runs
     the ops' CPU implementations with the same context logic; it is only used where
-    :func:`_eager` holds, and the registered op serves every other mode.
+    :func:`skips_dispatcher` holds, and the registered op serves every other mode.
     """
 
     @staticmethod
@@ -465,7 +450,7 @@ def _run(
 ) -> Tensor:
     input, target, weight = _check(input, target, weight, ignore_index, label_smoothing)
     args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
-    if not _eager(input, target, weight):
+    if not skips_dispatcher(input, target, weight):
         return OPS.cross_entropy_forward(*args)[0]
     if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
         return _CrossEntropy.apply(*args)[0]

@@ -31,6 +31,8 @@ from torch import Tensor
 
 from ..ops.adam import adam_step_
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
 
 def _dtensor_class() -> type | None:
     """torch's DTensor class if its module is loaded (no DTensor can exist otherwise), else None.
@@ -180,7 +182,11 @@ class _FusedAdamStep:
             return
         dtensors: list[Tensor] = []
         dtensor = _dtensor_class()
-        if dtensor is not None and any(isinstance(t, dtensor) for t in (*params, *grads)):
+        if (
+            dtensor is not None
+            and not all(type(p) in _PLAIN for p in params)
+            and any(isinstance(t, dtensor) for t in (*params, *grads))
+        ):
             params, grads, states, dtensors = _local_shards(
                 params,
                 grads,
@@ -207,8 +213,9 @@ class _FusedAdamStep:
             grad_scale,
             found_inf,
         )
-        skipped = found_inf is not None and float(found_inf) == 1.0
-        if dtensors and not skipped:  # the kernel bumped the local shards' versions; so are the DTensors
+        # The kernel bumped the local shards' versions; so are the DTensors'. Reading found_inf is a
+        # host sync on CUDA, so it happens only for DTensors (never on the plain-tensor path).
+        if dtensors and not (found_inf is not None and float(found_inf) == 1.0):
             torch._C._increment_version(dtensors)
 
 

@@ -1,0 +1,24 @@
+"""When an op's Python kernel may be called directly instead of through torch's dispatcher."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def skips_dispatcher(*tensors: Tensor | None) -> bool:
+    """Whether calling a kernel directly is what the dispatcher would do anyway.
+
+    Each trip through the dispatcher into a Python kernel costs tens of microseconds (and, with
+    lists of thousands of tensors, a conversion of every one). In plain eager mode on plain tensors
+    the dispatcher routes to the kernel registered for the device; under ``torch.compile``, a
+    dispatch mode (fake tensors, functionalization), functorch transforms or tensor subclasses the
+    registered ops must be used.
+    """
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+        return False
+    if torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or type(t) in _PLAIN for t in tensors)
