@@ -24,7 +24,9 @@ def _ms(seconds: float) -> str:
 
 def suite_table(path: Path) -> str:
     data = json.loads(path.read_text())
-    cases = [c for c in data.get("cases", []) if OURS in c.get("providers", {})]
+    if not isinstance(data.get("cases"), list):  # the GPU suites' own layout (benches/bench_gpu*.py)
+        return ""
+    cases = [c for c in data["cases"] if OURS in c.get("providers", {})]
     if not cases:
         return ""
     baselines: list[str] = []
