@@ -49,10 +49,10 @@ pub struct AdamParams {
 impl AdamParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str, v: f64| Error::Value(format!("Invalid {what}: {v}"));
-        if !(self.lr >= 0.0) {
+        if self.lr.is_nan() || self.lr < 0.0 {
             return Err(bad("learning rate", self.lr));
         }
-        if !(self.eps >= 0.0) {
+        if self.eps.is_nan() || self.eps < 0.0 {
             return Err(bad("epsilon value", self.eps));
         }
         if !(0.0..1.0).contains(&self.beta1) {
@@ -61,7 +61,7 @@ impl AdamParams {
         if !(0.0..1.0).contains(&self.beta2) {
             return Err(bad("beta parameter at index 1", self.beta2));
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return Err(bad("weight_decay value", self.weight_decay));
         }
         Ok(())
@@ -153,7 +153,7 @@ pub fn adam_step<T: Element>(params: &AdamParams, tensors: Vec<AdamTensor<'_, T>
                 "adam_step: tensor {i}: max_exp_avg_sq must be given exactly when amsgrad is on"
             )));
         }
-        if !(t.step >= 1.0) {
+        if t.step.is_nan() || t.step < 1.0 {
             return Err(Error::Value(format!(
                 "adam_step: tensor {i}: step must be >= 1 after the increment, got {}",
                 t.step
