@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 pub const COMMON_SRC: &str = include_str!("../kernels/common.cuh");
 pub const ADAM_SRC: &str = include_str!("../kernels/adam.cu");
 pub const CROSS_ENTROPY_SRC: &str = include_str!("../kernels/cross_entropy.cu");
+pub const CONV2D_SRC: &str = include_str!("../kernels/conv2d.cu");
 
 /// Runs `f`, turning a panic inside cudarc (a missing symbol, say) into an error.
 pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -267,6 +268,12 @@ fn with_context<T>(ctx: Ctx, f: impl FnOnce() -> Result<T>) -> Result<T> {
 impl Device {
     pub fn ordinal(&self) -> i32 {
         self.ordinal
+    }
+
+    /// Runs `f` with this device's primary context current on the thread (restoring what was
+    /// current afterwards): for library calls (cuBLAS) that act on the current context.
+    pub fn with_current<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        with_context(self.ctx, || guard(f))
     }
 
     /// Kernel `kernel` of source `source` (one of [`crate::SOURCES`]), compiling and loading the
