@@ -39,7 +39,7 @@ ENTRIES = {
         for kind, struct in (
             ("im2col", "ConvGeom"),
             ("col2im", "ConvGeom"),
-            ("bias", "ConvBias"),
+            ("scatter", "ConvScatter"),
             ("gather", "ConvGather"),
             ("bias_grad_partial", "ConvBiasGrad"),
             ("bias_grad_final", "ConvBiasGrad"),

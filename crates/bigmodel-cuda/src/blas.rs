@@ -12,12 +12,14 @@ use crate::runtime::{self, Device};
 use cudarc::cublas::sys as cb;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 /// Whether libcublas can be opened (by soname: `_cuda.py` preloads torch's copy).
 pub fn cublas_present() -> bool {
+    static FOUND: AtomicBool = AtomicBool::new(false);
     // SAFETY: only tries to dlopen the library by its candidate names; loads no symbol.
-    unsafe { cb::is_culib_present() }
+    runtime::cached(&FOUND, || unsafe { cb::is_culib_present() })
 }
 
 /// A cuBLAS handle (see [`handle`]).

@@ -1,13 +1,14 @@
 //! Launch side of conv2d on CUDA: im2col / col2im kernels (`kernels/conv2d.cu`, whose header states
 //! the layouts) around cuBLAS GEMMs ([`crate::blas`]), on torch's stream and torch's memory.
 //!
-//! Forward, per chunk of `chunk` images: im2col into `col` ([C*KH*KW, chunk*L]), then per group one
-//! strided-batched GEMM over the chunk's images writing the output in place (beta = 1 onto the
-//! bias, which `conv_bias_*` wrote first). Backward: the bias gradient by a two-pass deterministic
-//! reduction; per chunk, the weight gradient (im2col, the output gradient gathered to
-//! [O, chunk*L], one GEMM batched over groups accumulating into an fp32 buffer), then the input
-//! gradient (per group a GEMM batched over images into an fp32 column matrix, folded back by
-//! col2im). Buffers are allocated by the caller (torch) with the sizes of [`Plan`].
+//! Per chunk of `chunk` images (one chunk unless the column matrix would exceed the caller's
+//! budget), every product is a single cuBLAS call batched over groups. Forward: im2col into `col`
+//! ([C*KH*KW, chunk*L]), one GEMM into an fp32 `tmp` [O, chunk*L], then `conv_scatter_*` writes
+//! the output with the bias added (fused, one rounding). Backward: the bias gradient by a two-pass
+//! deterministic reduction; per chunk, the output gradient gathered to [O, chunk*L], the weight
+//! gradient (im2col, one GEMM accumulating over chunks into an fp32 buffer), then the input
+//! gradient (one GEMM into an fp32 column matrix, folded back by col2im). Buffers are allocated by
+//! the caller (torch) with the sizes of [`Plan`].
 
 use crate::adam::DType;
 use crate::blas::{self, Blas, Elem, Gemm};
@@ -26,9 +27,9 @@ const KERNELS: [&str; 21] = [
     "conv_col2im_f32",
     "conv_col2im_bf16",
     "conv_col2im_f16",
-    "conv_bias_f32",
-    "conv_bias_bf16",
-    "conv_bias_f16",
+    "conv_scatter_f32",
+    "conv_scatter_bf16",
+    "conv_scatter_f16",
     "conv_gather_f32",
     "conv_gather_bf16",
     "conv_gather_f16",
@@ -57,13 +58,13 @@ fn suffix(d: DType) -> &'static str {
 pub struct ConvGeom {
     pub x: u64,
     pub col: u64,
-    pub c: i64,
-    pub h: i64,
-    pub w: i64,
-    pub oh: i64,
-    pub ow: i64,
-    pub b0: i64,
-    pub nb: i64,
+    pub c: i32,
+    pub h: i32,
+    pub w: i32,
+    pub oh: i32,
+    pub ow: i32,
+    pub b0: i32,
+    pub nb: i32,
     pub kh: i32,
     pub kw: i32,
     pub sh: i32,
@@ -72,17 +73,20 @@ pub struct ConvGeom {
     pub pw: i32,
     pub dh: i32,
     pub dw: i32,
+    pub pad: i32,
 }
 
-/// Kernel parameter of `conv_bias_*` (layout shared with `struct ConvBias`).
+/// Kernel parameter of `conv_scatter_*` (layout shared with `struct ConvScatter`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ConvBias {
+pub struct ConvScatter {
+    pub tmp: u64,
     pub bias: u64,
     pub out: u64,
-    pub n: i64,
-    pub o: i64,
-    pub l: i64,
+    pub o: i32,
+    pub l: i32,
+    pub b0: i32,
+    pub nb: i32,
 }
 
 /// Kernel parameter of `conv_gather_*` (layout shared with `struct ConvGather`).
@@ -91,10 +95,10 @@ pub struct ConvBias {
 pub struct ConvGather {
     pub src: u64,
     pub dst: u64,
-    pub o: i64,
-    pub l: i64,
-    pub b0: i64,
-    pub nb: i64,
+    pub o: i32,
+    pub l: i32,
+    pub b0: i32,
+    pub nb: i32,
 }
 
 /// Kernel parameter of `conv_bias_grad_*` (layout shared with `struct ConvBiasGrad`).
@@ -153,7 +157,8 @@ pub struct Plan {
     pub chunk: i64,
     /// Column-matrix elements of one chunk: c * kh * kw * chunk * l.
     pub col: i64,
-    /// Gathered output-gradient elements of one chunk: o * chunk * l.
+    /// Elements of one chunk's [O, chunk*L] matrix: the forward's fp32 `tmp`, the backward's
+    /// gathered output gradient.
     pub gather: i64,
     /// Slices per channel of the bias-gradient reduction.
     pub bias_slices: i64,
@@ -207,12 +212,37 @@ impl ConvShape {
         let cols = mul(chunk, l)?;
         let col = mul(mul(mul(s.c, s.kh)?, s.kw)?, cols)?;
         let gather = mul(s.o, cols)?;
-        mul(mul(s.n, s.c)?, mul(s.h, s.w)?)?;
         let out = mul(mul(s.n, s.o)?, l)?;
         let narrow = |v: i64| v > i32::MAX as i64;
-        if narrow(cols) || narrow(k) || narrow(og) || narrow(s.kh) || narrow(s.kw) || narrow(ph) {
+        let geometry = [
+            s.n,
+            s.c,
+            s.h,
+            s.w,
+            s.o,
+            s.kh,
+            s.kw,
+            oh,
+            ow,
+            l,
+            k,
+            ph,
+            pw,
+            s.stride[0],
+            s.stride[1],
+            s.dilation[0],
+            s.dilation[1],
+            span_h,
+            span_w,
+        ];
+        if geometry.iter().any(|&v| narrow(v)) {
+            return Err(bad(format!("a size exceeds 32 bits: {s:?}")));
+        }
+        // The kernels index one chunk with 32-bit integers.
+        let chunk_in = mul(mul(chunk, s.c)?, mul(s.h, s.w)?)?;
+        if narrow(cols) || narrow(col) || narrow(gather) || narrow(chunk_in) {
             return Err(bad(format!(
-                "a GEMM dimension exceeds cuBLAS's 32-bit sizes (chunk {chunk} x {l} pixels, depth {k})"
+                "one chunk of {chunk} images exceeds 2^31 elements (column matrix {col}, input {chunk_in})"
             )));
         }
         let per = mul(s.n, l)?;
@@ -241,35 +271,44 @@ impl ConvShape {
         let p = self.plan(1)?;
         let per_image = (p.col as u64).saturating_mul(4).max(1);
         let by_budget = (budget_bytes / per_image) as i64;
-        let by_int = (i32::MAX as i64) / p.l.max(1);
+        // Every per-chunk matrix below 2^31 elements (32-bit indices in the kernels).
+        let per = [p.col, p.gather, self.c * self.h * self.w, p.l];
+        let by_int = per
+            .iter()
+            .map(|&v| (i32::MAX as i64) / v.max(1))
+            .min()
+            .unwrap_or(1);
         Ok(by_budget.min(by_int).clamp(1, self.n.max(1)))
     }
 
+    /// The geometry of chunk `b0 .. b0 + nb` (every field checked to fit 32 bits by [`Self::plan`]).
     fn geom(&self, p: &Plan, x: u64, col: u64, b0: i64, nb: i64) -> ConvGeom {
         ConvGeom {
             x,
             col,
-            c: self.c,
-            h: self.h,
-            w: self.w,
-            oh: p.oh,
-            ow: p.ow,
-            b0,
-            nb,
+            c: self.c as i32,
+            h: self.h as i32,
+            w: self.w as i32,
+            oh: p.oh as i32,
+            ow: p.ow as i32,
+            b0: b0 as i32,
+            nb: nb as i32,
             kh: self.kh as i32,
             kw: self.kw as i32,
-            sh: self.stride[0].min(i32::MAX as i64) as i32,
-            sw: self.stride[1].min(i32::MAX as i64) as i32,
-            ph: self.padding[0].min(i32::MAX as i64) as i32,
-            pw: self.padding[2].min(i32::MAX as i64) as i32,
-            dh: self.dilation[0].min(i32::MAX as i64) as i32,
-            dw: self.dilation[1].min(i32::MAX as i64) as i32,
+            sh: self.stride[0] as i32,
+            sw: self.stride[1] as i32,
+            ph: self.padding[0] as i32,
+            pw: self.padding[2] as i32,
+            dh: self.dilation[0] as i32,
+            dw: self.dilation[1] as i32,
+            pad: 0,
         }
     }
 }
 
 /// Device addresses of a forward call. `bias` is 0 without bias; `col` holds `col_bytes` bytes
-/// (at least `plan.col` elements of the dtype); `workspace` (0 for cuBLAS's own) `ws_bytes`.
+/// (at least `plan.col` elements of the dtype), `tmp` `tmp_bytes` (at least `plan.gather` fp32);
+/// `workspace` (0 for cuBLAS's own) `ws_bytes`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ForwardArgs {
     pub x: u64,
@@ -278,6 +317,8 @@ pub struct ForwardArgs {
     pub out: u64,
     pub col: u64,
     pub col_bytes: u64,
+    pub tmp: u64,
+    pub tmp_bytes: u64,
     pub workspace: u64,
     pub ws_bytes: u64,
     pub chunk: i64,
@@ -286,8 +327,9 @@ pub struct ForwardArgs {
 
 /// Device addresses of a backward call; 0 for a gradient not asked for. `grad_weight_acc` is an
 /// fp32 buffer of the weight's size (the weight gradient itself when the dtype is fp32); `col`
-/// holds at least `plan.col` fp32 elements, `gather` `plan.gather` elements of the dtype (needed
-/// with the weight gradient), `partial` `o * plan.bias_slices` fp32 (with the bias gradient).
+/// holds at least `plan.col` fp32 elements and `gather` `plan.gather` elements of the dtype (both
+/// needed with the input or weight gradient), `partial` `o * plan.bias_slices` fp32 (with the bias
+/// gradient).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BackwardArgs {
     pub grad_out: u64,
@@ -343,6 +385,8 @@ pub fn validate_forward(dtype: DType, s: &ConvShape, a: &ForwardArgs) -> Result<
     check_ptr("conv2d: weight", a.weight, es)?;
     check_ptr("conv2d: column buffer", a.col, 16)?;
     need("the column buffer", a.col_bytes, p.col, es)?;
+    check_ptr("conv2d: GEMM output buffer", a.tmp, 16)?;
+    need("the GEMM output buffer", a.tmp_bytes, p.gather, 4)?;
     if a.workspace != 0 {
         check_ptr("conv2d: cuBLAS workspace", a.workspace, 256)?;
     }
@@ -373,11 +417,11 @@ pub fn validate_backward(dtype: DType, s: &ConvShape, a: &BackwardArgs) -> Resul
         check_ptr("conv2d: weight", a.weight, es)?;
         check_ptr("conv2d: column buffer", a.col, 16)?;
         need("the column buffer", a.col_bytes, p.col, 4)?;
+        check_ptr("conv2d: gather buffer", a.gather, 16)?;
+        need("the gather buffer", a.gather_bytes, p.gather, es)?;
     }
     if a.grad_weight != 0 {
         check_ptr("conv2d: input", a.x, es)?;
-        check_ptr("conv2d: gather buffer", a.gather, 16)?;
-        need("the gather buffer", a.gather_bytes, p.gather, es)?;
     }
     if a.workspace != 0 {
         check_ptr("conv2d: cuBLAS workspace", a.workspace, 256)?;
@@ -443,22 +487,6 @@ pub unsafe fn forward(
         stream,
         sfx: suffix(dtype),
     };
-    let es = dtype.size();
-    let out_elems = s.n * s.o * p.l;
-    if a.bias != 0 {
-        run.run(
-            "conv_bias",
-            grid(out_elems),
-            ConvBias {
-                bias: a.bias,
-                out: a.out,
-                n: s.n,
-                o: s.o,
-                l: p.l,
-            },
-        )?;
-    }
-    let beta = if a.bias != 0 { 1.0 } else { 0.0 };
     let blas = Blas::bind(&dev, &h, stream, a.workspace, a.ws_bytes)?;
     let ab = Elem::from(dtype);
     let mut b0 = 0;
@@ -467,36 +495,48 @@ pub unsafe fn forward(
         let cols = nb * p.l;
         run.run(
             "conv_im2col",
-            grid(s.c * s.kh * s.kw * cols),
+            grid(s.c * cols),
             s.geom(&p, a.x, a.col, b0, nb),
         )?;
-        for g in 0..s.groups {
-            // out[b][g*og + o][l] = sum_r W[g*og + o][r] col[g*k + r][b*L + l]: column-major
-            // C (L x og, ld L) = A (L x k: the col block, ld nb*L) * B (k x og: W_g, ld k).
-            blas.gemm(
-                ab,
-                ab,
-                a.tf32,
-                &Gemm {
-                    trans_a: false,
-                    trans_b: false,
-                    m: p.l,
-                    n: p.og,
-                    k: p.k,
-                    a: a.col + (g * p.k * cols) as u64 * es,
-                    lda: cols,
-                    stride_a: p.l,
-                    b: a.weight + (g * p.og * p.k) as u64 * es,
-                    ldb: p.k,
-                    stride_b: 0,
-                    c: a.out + ((b0 * s.o + g * p.og) * p.l) as u64 * es,
-                    ldc: p.l,
-                    stride_c: s.o * p.l,
-                    batch: nb,
-                    beta,
-                },
-            )?;
-        }
+        // tmp[g*og + o][j] = sum_r W[g*og + o][r] col[g*k + r][j]: column-major
+        // C (cols x og, ld cols) = A (cols x k: the col rows of group g, ld cols) * B (k x og: W_g,
+        // ld k), batched over groups.
+        blas.gemm(
+            ab,
+            Elem::F32,
+            a.tf32,
+            &Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: cols,
+                n: p.og,
+                k: p.k,
+                a: a.col,
+                lda: cols,
+                stride_a: p.k * cols,
+                b: a.weight,
+                ldb: p.k,
+                stride_b: p.og * p.k,
+                c: a.tmp,
+                ldc: cols,
+                stride_c: p.og * cols,
+                batch: s.groups,
+                beta: 0.0,
+            },
+        )?;
+        run.run(
+            "conv_scatter",
+            grid(s.o * cols),
+            ConvScatter {
+                tmp: a.tmp,
+                bias: a.bias,
+                out: a.out,
+                o: s.o as i32,
+                l: p.l as i32,
+                b0: b0 as i32,
+                nb: nb as i32,
+            },
+        )?;
         b0 += nb;
     }
     Ok(())
@@ -521,7 +561,6 @@ pub unsafe fn backward(
         stream,
         sfx: suffix(dtype),
     };
-    let es = dtype.size();
     let w_elems = s.o * p.k;
     if a.grad_bias != 0 {
         bias_grad(&run, s, &p, a)?;
@@ -535,26 +574,27 @@ pub unsafe fn backward(
     while b0 < s.n {
         let nb = p.chunk.min(s.n - b0);
         let cols = nb * p.l;
+        run.run(
+            "conv_gather",
+            grid(s.o * cols),
+            ConvGather {
+                src: a.grad_out,
+                dst: a.gather,
+                o: s.o as i32,
+                l: p.l as i32,
+                b0: b0 as i32,
+                nb: nb as i32,
+            },
+        )?;
         if a.grad_weight != 0 {
             run.run(
                 "conv_im2col",
-                grid(s.c * s.kh * s.kw * cols),
+                grid(s.c * cols),
                 s.geom(&p, a.x, a.col, b0, nb),
             )?;
-            run.run(
-                "conv_gather",
-                grid(s.o * cols),
-                ConvGather {
-                    src: a.grad_out,
-                    dst: a.gather,
-                    o: s.o,
-                    l: p.l,
-                    b0,
-                    nb,
-                },
-            )?;
             // gW[g*og + o][r] (+)= sum_j col[g*k + r][j] gT[g*og + o][j]: column-major
-            // C (k x og, ld k) = A^T (A: nb*L x k, the col block) * B (nb*L x og, gT), over groups.
+            // C (k x og, ld k) = A^T (A: cols x k, the col rows of group g) * B (cols x og, gT),
+            // batched over groups.
             blas.gemm(
                 ab,
                 Elem::F32,
@@ -580,33 +620,32 @@ pub unsafe fn backward(
             )?;
         }
         if a.grad_x != 0 {
-            for g in 0..s.groups {
-                // gcol[g*k + r][b*L + l] = sum_o gout[b][g*og + o][l] W[g*og + o][r]: column-major
-                // C (L x k, ld nb*L) = A (L x og: gout block, ld L) * B^T (B: k x og, W_g ld k).
-                blas.gemm(
-                    ab,
-                    Elem::F32,
-                    a.tf32,
-                    &Gemm {
-                        trans_a: false,
-                        trans_b: true,
-                        m: p.l,
-                        n: p.k,
-                        k: p.og,
-                        a: a.grad_out + ((b0 * s.o + g * p.og) * p.l) as u64 * es,
-                        lda: p.l,
-                        stride_a: s.o * p.l,
-                        b: a.weight + (g * p.og * p.k) as u64 * es,
-                        ldb: p.k,
-                        stride_b: 0,
-                        c: a.col + (g * p.k * cols) as u64 * 4,
-                        ldc: cols,
-                        stride_c: p.l,
-                        batch: nb,
-                        beta: 0.0,
-                    },
-                )?;
-            }
+            // gcol[g*k + r][j] = sum_o gT[g*og + o][j] W[g*og + o][r]: column-major
+            // C (cols x k, ld cols, fp32) = A (cols x og: gT, ld cols) * B^T (B: k x og, W_g ld k),
+            // batched over groups. Overwrites the column matrix the weight gradient has read.
+            blas.gemm(
+                ab,
+                Elem::F32,
+                a.tf32,
+                &Gemm {
+                    trans_a: false,
+                    trans_b: true,
+                    m: cols,
+                    n: p.k,
+                    k: p.og,
+                    a: a.gather,
+                    lda: cols,
+                    stride_a: p.og * cols,
+                    b: a.weight,
+                    ldb: p.k,
+                    stride_b: p.og * p.k,
+                    c: a.col,
+                    ldc: cols,
+                    stride_c: p.k * cols,
+                    batch: s.groups,
+                    beta: 0.0,
+                },
+            )?;
             run.run(
                 "conv_col2im",
                 grid(nb * s.c * s.h * s.w),
@@ -684,9 +723,9 @@ mod tests {
             THREADS
         );
         use std::mem::size_of;
-        assert_eq!(size_of::<ConvGeom>(), 2 * 8 + 7 * 8 + 8 * 4);
-        assert_eq!(size_of::<ConvBias>(), 2 * 8 + 3 * 8);
-        assert_eq!(size_of::<ConvGather>(), 2 * 8 + 4 * 8);
+        assert_eq!(size_of::<ConvGeom>(), 2 * 8 + 16 * 4);
+        assert_eq!(size_of::<ConvScatter>(), 3 * 8 + 4 * 4);
+        assert_eq!(size_of::<ConvGather>(), 2 * 8 + 4 * 4);
         assert_eq!(size_of::<ConvBiasGrad>(), 3 * 8 + 4 * 8);
         assert_eq!(size_of::<ConvCast>(), 3 * 8);
         for k in KERNELS {
@@ -746,10 +785,15 @@ mod tests {
             out: 0x3000,
             col: 0x4000,
             col_bytes: 1 << 20,
+            tmp: 0x5000,
+            tmp_bytes: 1 << 20,
             chunk: 4,
             ..Default::default()
         };
         assert!(validate_forward(DType::F32, &s, &f).is_ok());
+        let mut g = f;
+        g.tmp = 0;
+        assert!(validate_forward(DType::F32, &s, &g).is_err());
         let mut g = f;
         g.col_bytes = 16;
         assert!(validate_forward(DType::F32, &s, &g).is_err());
@@ -764,16 +808,19 @@ mod tests {
             grad_x: 0x4000,
             col: 0x5000,
             col_bytes: 1 << 20,
+            gather: 0x8000,
+            gather_bytes: 1 << 20,
             chunk: 4,
             ..Default::default()
         };
         assert!(validate_backward(DType::F16, &s, &b).is_ok());
         let mut c = b;
+        c.gather = 0;
+        assert!(validate_backward(DType::F16, &s, &c).is_err());
+        let mut c = b;
         c.grad_weight = 0x6000;
-        assert!(validate_backward(DType::F16, &s, &c).is_err()); // no accumulator, no gather
+        assert!(validate_backward(DType::F16, &s, &c).is_err()); // no accumulator
         c.grad_weight_acc = 0x7000;
-        c.gather = 0x8000;
-        c.gather_bytes = 1 << 20;
         assert!(validate_backward(DType::F16, &s, &c).is_ok());
         c.grad_bias = 0x9000;
         assert!(validate_backward(DType::F16, &s, &c).is_err()); // no partial sums

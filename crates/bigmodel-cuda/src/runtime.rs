@@ -15,6 +15,7 @@ use cudarc::nvrtc::{result as rtc, sys as rtcsys};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The prelude NVRTC sees in front of every kernel source (element types and conversions), so
@@ -39,15 +40,35 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// Whether libnvrtc can be opened (by soname: preload torch's copy first, see `_cuda.py`).
+///
+/// A positive answer is cached: the lookup tries many candidate names, each a failed `dlopen`
+/// that searches the library path (hundreds of microseconds), and a library found once stays
+/// loaded (cudarc keeps it open).
 pub fn nvrtc_present() -> bool {
+    static FOUND: AtomicBool = AtomicBool::new(false);
     // SAFETY: only tries to dlopen the library by its candidate names; loads no symbol.
-    unsafe { rtcsys::is_culib_present() }
+    cached(&FOUND, || unsafe { rtcsys::is_culib_present() })
+}
+
+/// `probe()`, remembered once it has said yes.
+pub(crate) fn cached(found: &AtomicBool, probe: impl FnOnce() -> bool) -> bool {
+    if found.load(Ordering::Relaxed) {
+        return true;
+    }
+    let yes = probe();
+    if yes {
+        found.store(true, Ordering::Relaxed);
+    }
+    yes
 }
 
 /// Whether libcuda (the driver) can be opened.
 pub fn driver_present() -> bool {
+    static FOUND: AtomicBool = AtomicBool::new(false);
     // SAFETY: as above, for libcuda.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    cached(&FOUND, || unsafe {
+        cudarc::driver::sys::is_culib_present()
+    })
 }
 
 /// NVRTC's (major, minor) version.

@@ -125,7 +125,7 @@ pub fn cuda_abi_sizes() -> Vec<(&'static str, usize)> {
         ("CeReduce", size_of::<ce::CeReduce>()),
         ("CeBackward", size_of::<ce::CeBackward>()),
         ("ConvGeom", size_of::<conv::ConvGeom>()),
-        ("ConvBias", size_of::<conv::ConvBias>()),
+        ("ConvScatter", size_of::<conv::ConvScatter>()),
         ("ConvGather", size_of::<conv::ConvGather>()),
         ("ConvBiasGrad", size_of::<conv::ConvBiasGrad>()),
         ("ConvCast", size_of::<conv::ConvCast>()),
@@ -582,7 +582,7 @@ pub fn cuda_conv2d_plan(
 #[pyfunction]
 #[pyo3(signature = (
     *, dtype, input_shape, weight_shape, stride, padding, dilation, groups, x, weight, bias, out,
-    col, col_bytes, workspace, ws_bytes, chunk, tf32, device, stream
+    col, col_bytes, tmp, tmp_bytes, workspace, ws_bytes, chunk, tf32, device, stream
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn cuda_conv2d_forward(
@@ -600,6 +600,8 @@ pub fn cuda_conv2d_forward(
     out: u64,
     col: u64,
     col_bytes: u64,
+    tmp: u64,
+    tmp_bytes: u64,
     workspace: u64,
     ws_bytes: u64,
     chunk: i64,
@@ -616,6 +618,8 @@ pub fn cuda_conv2d_forward(
         out,
         col,
         col_bytes,
+        tmp,
+        tmp_bytes,
         workspace,
         ws_bytes,
         chunk,

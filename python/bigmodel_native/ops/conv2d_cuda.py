@@ -1,10 +1,11 @@
 """CUDA kernels of ``bigmodel_native::conv2d`` and ``conv2d_backward`` (the ops live in ``conv2d.py``).
 
-im2col (a CUDA kernel, crates/bigmodel-cuda/kernels/conv2d.cu) + cuBLAS GEMMs (strided-batched over
-the images of a chunk, fp32 accumulation) for the forward; the bias is written by a kernel before the
-GEMMs, which accumulate onto it (beta = 1). Backward: the bias gradient by a deterministic two-pass
-reduction kernel, the weight gradient by one GEMM per chunk (batched over groups) into an fp32
-accumulator, the input gradient by GEMMs into an fp32 column matrix folded back by col2im. Everything
+im2col (a CUDA kernel, crates/bigmodel-cuda/kernels/conv2d.cu) + one cuBLAS GEMM per chunk of images
+(strided-batched over groups, fp32 accumulation into an fp32 [O, images * pixels] matrix) for the
+forward, then a kernel that writes the NCHW output with the bias added (fused, one rounding).
+Backward: the bias gradient by a deterministic two-pass reduction kernel; the output gradient
+gathered to [O, images * pixels]; the weight gradient by one GEMM per chunk into an fp32
+accumulator; the input gradient by one GEMM into an fp32 column matrix folded back by col2im. Everything
 is queued on torch's current stream with memory from torch's allocator (outputs, column buffers and
 cuBLAS's workspace); nothing synchronises with the host.
 
@@ -88,14 +89,16 @@ def _conv2d_cuda(input, weight, bias, stride, padding, dilation, groups) -> Tens
     x, w = input.contiguous(), weight.contiguous()
     b = None if bias is None else bias.contiguous()
     shapes = _shapes(x, w, stride, padding, dilation, groups)
-    _, _, chunk, col_elems, _, _ = _plan(shapes)
+    _, _, chunk, col_elems, tmp_elems, _ = _plan(shapes)
     col = torch.empty(col_elems, device=dev, dtype=x.dtype)
+    tmp = torch.empty(tmp_elems, device=dev, dtype=torch.float32)
     ws = torch.empty(WORKSPACE, device=dev, dtype=torch.uint8)
     _native.cuda_conv2d_forward(
         dtype=_DTYPES[x.dtype], **shapes, x=x.data_ptr(), weight=w.data_ptr(),
         bias=0 if b is None else b.data_ptr(), out=out.data_ptr(), col=col.data_ptr(),
-        col_bytes=col.nbytes, workspace=ws.data_ptr(), ws_bytes=ws.nbytes, chunk=chunk,
-        tf32=_tf32(x.dtype), device=dev.index, stream=torch.cuda.current_stream(dev).cuda_stream,
+        col_bytes=col.nbytes, tmp=tmp.data_ptr(), tmp_bytes=tmp.nbytes, workspace=ws.data_ptr(),
+        ws_bytes=ws.nbytes, chunk=chunk, tf32=_tf32(x.dtype), device=dev.index,
+        stream=torch.cuda.current_stream(dev).cuda_stream,
     )  # fmt: skip
     return out
 
@@ -127,7 +130,7 @@ def _conv2d_backward_cuda(grad_output, input, weight, stride, padding, dilation,
         _, _, chunk, col_elems, gather_elems, slices = _plan(shapes)
         gemm = want_x or want_w
         col = torch.empty(col_elems if gemm else 0, device=dev, dtype=torch.float32)
-        gather = torch.empty(gather_elems if want_w else 0, device=dev, dtype=x.dtype)
+        gather = torch.empty(gather_elems if gemm else 0, device=dev, dtype=x.dtype)
         acc = None
         if gw is not None:
             acc = gw if gw.dtype == torch.float32 else torch.empty(gw.shape, device=dev, dtype=torch.float32)
