@@ -5,7 +5,8 @@ own architecture and launched on torch's current stream with torch's memory; not
 the host and nothing synchronises. The extension opens libcuda and libnvrtc at run time by soname,
 so it imports on machines without CUDA; this module first preloads the libnvrtc that torch's CUDA
 wheel ships (site-packages ``nvidia/cu13/lib`` for CUDA 13, ``nvidia/cuda_nvrtc/lib`` for CUDA 12)
-with ``RTLD_GLOBAL``, so that the soname lookup finds torch's own, pinned NVRTC.
+with ``RTLD_GLOBAL``, so that the soname lookup finds torch's own, pinned NVRTC; likewise torch's
+libcublas / libcublasLt (conv2d's GEMMs), from ``nvidia/cu13/lib`` or ``nvidia/cublas/lib``.
 
 Asking for a CUDA kernel where CUDA is unusable raises RuntimeError with the reason; it never
 crashes the process.
@@ -50,6 +51,32 @@ def _preload_nvrtc() -> list[str]:
 
 
 _preload_nvrtc()
+
+_CUBLAS_DIRS = ("nvidia/cu13/lib", "nvidia/cublas/lib")
+
+
+def _preload_cublas() -> list[str]:
+    """Loads torch's libcublasLt and libcublas with RTLD_GLOBAL; returns the files loaded."""
+    loaded: list[str] = []
+    root = os.path.dirname(os.path.dirname(torch.__file__))
+    for sub in _CUBLAS_DIRS:
+        d = os.path.join(root, sub)
+        lt = sorted(glob.glob(os.path.join(d, "libcublasLt.so.*")))
+        main = sorted(glob.glob(os.path.join(d, "libcublas.so.*")))
+        if not main:
+            continue
+        for path in lt + main:
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                loaded.append(path)
+            except OSError:
+                pass
+        if loaded:
+            break
+    return loaded
+
+
+_preloaded_cublas = _preload_cublas()
 
 
 def cuda_available() -> bool:

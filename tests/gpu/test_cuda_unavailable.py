@@ -76,3 +76,48 @@ def test_cpu_optimizer_unaffected():
     assert opt.state[w]["step"].device.type == "cpu"
     assert float(opt.state[w]["step"]) == 1.0
     assert torch.all(w < 1)
+
+
+_CONV = dict(
+    input_shape=(2, 3, 9, 8), weight_shape=(4, 3, 3, 3), stride=(1, 1), padding=(1, 1, 1, 1),
+    dilation=(1, 1), groups=1,
+)  # fmt: skip
+
+
+def test_conv2d_plan_needs_no_gpu():
+    oh, ow, chunk, col, gather, slices = _native.cuda_conv2d_plan(**_CONV, budget_bytes=1 << 30)
+    assert (oh, ow, chunk) == (9, 8, 2)
+    assert col == 3 * 9 * 2 * 72 and gather == 4 * 2 * 72 and slices >= 1
+    # A budget of one image's fp32 column matrix: one image per pass.
+    assert _native.cuda_conv2d_plan(**_CONV, budget_bytes=3 * 9 * 72 * 4)[2] == 1
+    with pytest.raises(ValueError, match="groups"):
+        _native.cuda_conv2d_plan(**{**_CONV, "groups": 2}, budget_bytes=1 << 30)
+
+
+def test_conv2d_launchers_raise_instead_of_crashing():
+    buf = dict(
+        col=0x10000, col_bytes=1 << 20, workspace=0, ws_bytes=0, chunk=2, tf32=False, device=0, stream=0
+    )
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _native.cuda_conv2d_forward(
+            dtype="float32", **_CONV, x=0x1000, weight=0x2000, bias=0, out=0x3000, tmp=0x40000,
+            tmp_bytes=1 << 20, **buf,
+        )  # fmt: skip
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _native.cuda_conv2d_backward(
+            dtype="bfloat16", **_CONV, grad_out=0x1000, x=0x2000, weight=0x3000, grad_x=0x4000,
+            grad_weight=0x5000, grad_weight_acc=0x6000, grad_bias=0, partial=0, gather=0x40000,
+            gather_bytes=1 << 20, **buf,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="column buffer"):
+        _native.cuda_conv2d_forward(
+            dtype="float32", **_CONV, x=0x1000, weight=0x2000, bias=0, out=0x3000, tmp=0x40000,
+            tmp_bytes=1 << 20, **{**buf, "col_bytes": 16},
+        )  # fmt: skip
+
+
+def test_conv2d_has_a_cuda_kernel_and_cpu_is_unaffected():
+    for op in ("bigmodel_native::conv2d", "bigmodel_native::conv2d_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    torch.testing.assert_close(bn.ops.conv2d(x, w), torch.nn.functional.conv2d(x, w))

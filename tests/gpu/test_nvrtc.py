@@ -33,11 +33,24 @@ ENTRIES = {
         for d in ("f32", "bf16", "f16")
         for kind, struct in (("forward", "CeForward"), ("reduce", "CeReduce"), ("backward", "CeBackward"))
     },
+    "conv2d": {
+        f"conv_{kind}_{d}": [struct]
+        for d in ("f32", "bf16", "f16")
+        for kind, struct in (
+            ("im2col", "ConvGeom"),
+            ("col2im", "ConvGeom"),
+            ("scatter", "ConvScatter"),
+            ("gather", "ConvGather"),
+            ("bias_grad_partial", "ConvBiasGrad"),
+            ("bias_grad_final", "ConvBiasGrad"),
+            ("cast", "ConvCast"),
+        )
+    },
 }
 
 
 def test_every_source_is_checked():
-    assert set(SOURCES) == set(ENTRIES) == {"adam", "cross_entropy"}
+    assert set(SOURCES) == set(ENTRIES) == {"adam", "cross_entropy", "conv2d"}
     assert NVRTC is not None and NVRTC[0] >= 12
 
 

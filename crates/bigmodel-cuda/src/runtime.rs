@@ -15,6 +15,7 @@ use cudarc::nvrtc::{result as rtc, sys as rtcsys};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The prelude NVRTC sees in front of every kernel source (element types and conversions), so
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 pub const COMMON_SRC: &str = include_str!("../kernels/common.cuh");
 pub const ADAM_SRC: &str = include_str!("../kernels/adam.cu");
 pub const CROSS_ENTROPY_SRC: &str = include_str!("../kernels/cross_entropy.cu");
+pub const CONV2D_SRC: &str = include_str!("../kernels/conv2d.cu");
 
 /// Runs `f`, turning a panic inside cudarc (a missing symbol, say) into an error.
 pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -38,15 +40,35 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// Whether libnvrtc can be opened (by soname: preload torch's copy first, see `_cuda.py`).
+///
+/// A positive answer is cached: the lookup tries many candidate names, each a failed `dlopen`
+/// that searches the library path (hundreds of microseconds), and a library found once stays
+/// loaded (cudarc keeps it open).
 pub fn nvrtc_present() -> bool {
+    static FOUND: AtomicBool = AtomicBool::new(false);
     // SAFETY: only tries to dlopen the library by its candidate names; loads no symbol.
-    unsafe { rtcsys::is_culib_present() }
+    cached(&FOUND, || unsafe { rtcsys::is_culib_present() })
+}
+
+/// `probe()`, remembered once it has said yes.
+pub(crate) fn cached(found: &AtomicBool, probe: impl FnOnce() -> bool) -> bool {
+    if found.load(Ordering::Relaxed) {
+        return true;
+    }
+    let yes = probe();
+    if yes {
+        found.store(true, Ordering::Relaxed);
+    }
+    yes
 }
 
 /// Whether libcuda (the driver) can be opened.
 pub fn driver_present() -> bool {
+    static FOUND: AtomicBool = AtomicBool::new(false);
     // SAFETY: as above, for libcuda.
-    unsafe { cudarc::driver::sys::is_culib_present() }
+    cached(&FOUND, || unsafe {
+        cudarc::driver::sys::is_culib_present()
+    })
 }
 
 /// NVRTC's (major, minor) version.
@@ -267,6 +289,12 @@ fn with_context<T>(ctx: Ctx, f: impl FnOnce() -> Result<T>) -> Result<T> {
 impl Device {
     pub fn ordinal(&self) -> i32 {
         self.ordinal
+    }
+
+    /// Runs `f` with this device's primary context current on the thread (restoring what was
+    /// current afterwards): for library calls (cuBLAS) that act on the current context.
+    pub fn with_current<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        with_context(self.ctx, || guard(f))
     }
 
     /// Kernel `kernel` of source `source` (one of [`crate::SOURCES`]), compiling and loading the

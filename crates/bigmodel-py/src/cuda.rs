@@ -12,6 +12,7 @@ use crate::errors::NeedsStaging;
 use crate::tensors::{inspect_step, kernel_dtype};
 use crate::views::slice_mut;
 use bigmodel_cuda::adam::{self, AdamHyper, AdamTensor, DType, StepCounter};
+use bigmodel_cuda::conv2d::{self as conv, ConvShape};
 use bigmodel_cuda::cross_entropy::{self as ce, BackwardArgs, ForwardArgs, Reduction};
 use bigmodel_cuda::{runtime, Error};
 use bigmodel_kernels::cpu::adam::AdamParams;
@@ -123,6 +124,11 @@ pub fn cuda_abi_sizes() -> Vec<(&'static str, usize)> {
         ("CeForward", size_of::<ce::CeForward>()),
         ("CeReduce", size_of::<ce::CeReduce>()),
         ("CeBackward", size_of::<ce::CeBackward>()),
+        ("ConvGeom", size_of::<conv::ConvGeom>()),
+        ("ConvScatter", size_of::<conv::ConvScatter>()),
+        ("ConvGather", size_of::<conv::ConvGather>()),
+        ("ConvBiasGrad", size_of::<conv::ConvBiasGrad>()),
+        ("ConvCast", size_of::<conv::ConvCast>()),
     ]
 }
 
@@ -402,7 +408,7 @@ fn parse_dtype(name: &str) -> PyResult<DType> {
         "bfloat16" => Ok(DType::BF16),
         "float16" => Ok(DType::F16),
         _ => Err(PyTypeError::new_err(format!(
-            "unsupported dtype {name} for the CUDA cross-entropy kernel; expected float32, bfloat16 or float16"
+            "unsupported dtype {name} for bigmodel_native's CUDA kernels; expected float32, bfloat16 or float16"
         ))),
     }
 }
@@ -517,6 +523,180 @@ pub fn cuda_cross_entropy_backward(
         .map_err(to_py)
 }
 
+fn conv_shape(
+    input_shape: (i64, i64, i64, i64),
+    weight_shape: (i64, i64, i64, i64),
+    stride: (i64, i64),
+    padding: (i64, i64, i64, i64),
+    dilation: (i64, i64),
+    groups: i64,
+) -> PyResult<ConvShape> {
+    let (n, c, h, w) = input_shape;
+    let (o, cg, kh, kw) = weight_shape;
+    if cg.checked_mul(groups) != Some(c) {
+        return Err(PyValueError::new_err(format!(
+            "conv2d (CUDA): weight {weight_shape:?} with groups={groups} does not fit input {input_shape:?}"
+        )));
+    }
+    Ok(ConvShape {
+        n,
+        c,
+        h,
+        w,
+        o,
+        kh,
+        kw,
+        groups,
+        stride: [stride.0, stride.1],
+        padding: [padding.0, padding.1, padding.2, padding.3],
+        dilation: [dilation.0, dilation.1],
+    })
+}
+
+/// The plan of a CUDA convolution: `(oh, ow, chunk, col_elems, gather_elems, bias_slices)` with
+/// `chunk` images per pass so that the fp32 column matrix stays within `budget_bytes`; buffer
+/// sizes in elements (see `bigmodel_cuda::conv2d::Plan`). ValueError for a shape the kernels
+/// cannot take (empty batches and zero input channels are the caller's).
+#[pyfunction]
+#[pyo3(signature = (*, input_shape, weight_shape, stride, padding, dilation, groups, budget_bytes))]
+pub fn cuda_conv2d_plan(
+    input_shape: (i64, i64, i64, i64),
+    weight_shape: (i64, i64, i64, i64),
+    stride: (i64, i64),
+    padding: (i64, i64, i64, i64),
+    dilation: (i64, i64),
+    groups: i64,
+    budget_bytes: u64,
+) -> PyResult<(i64, i64, i64, i64, i64, i64)> {
+    let s = conv_shape(input_shape, weight_shape, stride, padding, dilation, groups)?;
+    let chunk = s.chunk_for(budget_bytes).map_err(to_py)?;
+    let p = s.plan(chunk).map_err(to_py)?;
+    Ok((p.oh, p.ow, p.chunk, p.col, p.gather, p.bias_slices))
+}
+
+/// Queues the conv2d forward (see `bigmodel_native.ops.conv2d_cuda`, which allocates the output
+/// and buffers with the sizes of `cuda_conv2d_plan`). Addresses are `data_ptr()` values, 0 for an
+/// absent bias / workspace.
+#[pyfunction]
+#[pyo3(signature = (
+    *, dtype, input_shape, weight_shape, stride, padding, dilation, groups, x, weight, bias, out,
+    col, col_bytes, tmp, tmp_bytes, workspace, ws_bytes, chunk, tf32, device, stream
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn cuda_conv2d_forward(
+    py: Python<'_>,
+    dtype: &str,
+    input_shape: (i64, i64, i64, i64),
+    weight_shape: (i64, i64, i64, i64),
+    stride: (i64, i64),
+    padding: (i64, i64, i64, i64),
+    dilation: (i64, i64),
+    groups: i64,
+    x: u64,
+    weight: u64,
+    bias: u64,
+    out: u64,
+    col: u64,
+    col_bytes: u64,
+    tmp: u64,
+    tmp_bytes: u64,
+    workspace: u64,
+    ws_bytes: u64,
+    chunk: i64,
+    tf32: bool,
+    device: i32,
+    stream: u64,
+) -> PyResult<()> {
+    let d = parse_dtype(dtype)?;
+    let s = conv_shape(input_shape, weight_shape, stride, padding, dilation, groups)?;
+    let args = conv::ForwardArgs {
+        x,
+        weight,
+        bias,
+        out,
+        col,
+        col_bytes,
+        tmp,
+        tmp_bytes,
+        workspace,
+        ws_bytes,
+        chunk,
+        tf32,
+    };
+    conv::validate_forward(d, &s, &args).map_err(to_py)?;
+    // SAFETY: the Python caller passes data pointers of live, contiguous CUDA tensors on `device`
+    // with the shapes and dtype described (output and buffers freshly allocated there with the
+    // plan's sizes, so they overlap nothing), keeps them alive through the call, and queues on the
+    // current stream of `device`, where torch's allocator keeps the memory until the work has run.
+    py.detach(|| unsafe { conv::forward(device, stream, d, &s, &args) })
+        .map_err(to_py)
+}
+
+/// Queues the conv2d backward (see `bigmodel_native.ops.conv2d_cuda`); 0 for a gradient not asked
+/// for and for the buffers it would need.
+#[pyfunction]
+#[pyo3(signature = (
+    *, dtype, input_shape, weight_shape, stride, padding, dilation, groups, grad_out, x, weight,
+    grad_x, grad_weight, grad_weight_acc, grad_bias, partial, col, col_bytes, gather, gather_bytes,
+    workspace, ws_bytes, chunk, tf32, device, stream
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn cuda_conv2d_backward(
+    py: Python<'_>,
+    dtype: &str,
+    input_shape: (i64, i64, i64, i64),
+    weight_shape: (i64, i64, i64, i64),
+    stride: (i64, i64),
+    padding: (i64, i64, i64, i64),
+    dilation: (i64, i64),
+    groups: i64,
+    grad_out: u64,
+    x: u64,
+    weight: u64,
+    grad_x: u64,
+    grad_weight: u64,
+    grad_weight_acc: u64,
+    grad_bias: u64,
+    partial: u64,
+    col: u64,
+    col_bytes: u64,
+    gather: u64,
+    gather_bytes: u64,
+    workspace: u64,
+    ws_bytes: u64,
+    chunk: i64,
+    tf32: bool,
+    device: i32,
+    stream: u64,
+) -> PyResult<()> {
+    let d = parse_dtype(dtype)?;
+    let s = conv_shape(input_shape, weight_shape, stride, padding, dilation, groups)?;
+    let args = conv::BackwardArgs {
+        grad_out,
+        x,
+        weight,
+        grad_x,
+        grad_weight,
+        grad_weight_acc,
+        grad_bias,
+        partial,
+        col,
+        col_bytes,
+        gather,
+        gather_bytes,
+        workspace,
+        ws_bytes,
+        chunk,
+        tf32,
+    };
+    conv::validate_backward(d, &s, &args).map_err(to_py)?;
+    // SAFETY: as in `cuda_conv2d_forward`; the gradients and buffers are fresh tensors of the
+    // documented sizes (the fp32 weight-gradient accumulator is the weight gradient itself for
+    // fp32), overlapping neither each other nor the inputs.
+    py.detach(|| unsafe { conv::backward(device, stream, d, &s, &args) })
+        .map_err(to_py)
+}
+
 /// Registers the CUDA functions on the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
@@ -529,5 +709,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_adam_step, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_cross_entropy_forward, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_cross_entropy_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_conv2d_plan, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_conv2d_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_conv2d_backward, m)?)?;
     Ok(())
 }

@@ -250,7 +250,8 @@ def conv2d(
     dilation: int | Sequence[int] = 1,
     groups: int = 1,
 ) -> Tensor:
-    """Drop-in for ``torch.nn.functional.conv2d`` running bigmodel_native's CPU kernel."""
+    """Drop-in for ``torch.nn.functional.conv2d`` running bigmodel_native's kernels (CPU, or CUDA for
+    float32 / bfloat16 / float16 CUDA tensors: see ``conv2d_cuda.py``)."""
     if input.dim() not in (3, 4):
         raise RuntimeError(
             "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
