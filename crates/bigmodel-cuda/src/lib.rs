@@ -13,6 +13,7 @@
 //! libraries first (cudarc panics on a missing library) and return [`Error`] instead.
 
 pub mod adam;
+pub mod attention;
 pub mod cross_entropy;
 mod error;
 pub mod runtime;
@@ -20,7 +21,8 @@ pub mod runtime;
 pub use error::{Error, Result};
 
 /// Every kernel source, by name: the names the NVRTC compile check reports.
-pub const SOURCES: [(&str, &str); 2] = [
+pub const SOURCES: [(&str, &str); 3] = [
     ("adam", runtime::ADAM_SRC),
     ("cross_entropy", runtime::CROSS_ENTROPY_SRC),
+    ("attention", runtime::ATTENTION_SRC),
 ];

@@ -1,0 +1,30 @@
+#!/bin/bash
+# One device session for the CUDA attention: kernel resource usage, the GPU tests,
+# compute-sanitizer memcheck on a small run, and the benchmark. Writes under $OUT.
+set -u
+export PYTHONPATH=$PWD/python PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/attn-out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+(python3 -c "
+from bigmodel_native import _native
+src = dict(_native.cuda_sources())['attention']
+open('/tmp/attn.cubin', 'wb').write(_native.nvrtc_compile_source('attention', src, 90, 'cubin'))
+" && cuobjdump --dump-resource-usage /tmp/attn.cubin) > "$OUT/resources.txt" 2>&1 &
+(timeout "${MEMCHECK_S:-170}" compute-sanitizer --tool memcheck --print-limit 20 \
+    python3 tests/gpu/attention_memcheck.py > "$OUT/memcheck.txt" 2>&1; echo "rc=$?" >> "$OUT/memcheck.txt") &
+MC=$!
+timeout "${TESTS_S:-200}" python3 -m pytest tests/gpu/test_attention_cuda.py -q -p no:cacheprovider \
+    --tb=short -rf ${TESTS_K:+-k "$TESTS_K"} > "$OUT/tests.txt" 2>&1
+echo "tests rc=$?" >> "$OUT/tests.txt"
+tail -25 "$OUT/tests.txt"
+wait $MC
+tail -8 "$OUT/memcheck.txt"
+grep -A3 "attn_fwd_mma\|attn_bwd_mma" "$OUT/resources.txt" | grep -o "Function [a-z_0-9]*\|REG:[0-9]*\|STACK:[0-9]*\|SHARED:[0-9]*\|LOCAL:[0-9]*" | paste -sd' ' | sed 's/Function/\nFunction/g'
+if [ "${BENCH:-1}" = 1 ]; then
+    timeout "${BENCH_S:-150}" python3 -m pytest benches/bench_gpu_attention.py -q -s -p no:cacheprovider \
+        > "$OUT/bench.txt" 2>&1
+    echo "bench rc=$?" >> "$OUT/bench.txt"
+    grep -E "TFLOP|torch_over|rc=|Error|assert" "$OUT/bench.txt" | cut -c1-400 | tail -12
+    cp benches/results/gpu-attention.json "$OUT/" 2>/dev/null
+fi
