@@ -21,6 +21,13 @@ tail -25 "$OUT/tests.txt"
 wait $MC
 tail -8 "$OUT/memcheck.txt"
 grep -A3 "attn_fwd_mma\|attn_bwd_mma" "$OUT/resources.txt" | grep -o "Function [a-z_0-9]*\|REG:[0-9]*\|STACK:[0-9]*\|SHARED:[0-9]*\|LOCAL:[0-9]*" | paste -sd' ' | sed 's/Function/\nFunction/g'
+if [ "${NCU:-0}" = 1 ]; then
+    timeout "${NCU_S:-120}" ncu --kernel-name regex:'attn_(fwd|bwd)_mma' --launch-count 2 \
+        --section SpeedOfLight --section Occupancy --section WarpStateStats --section MemoryWorkloadAnalysis \
+        python3 tests/gpu/attention_profile.py > "$OUT/ncu.txt" 2>&1
+    echo "ncu rc=$?" >> "$OUT/ncu.txt"
+    grep -E "attn_|Throughput|Duration|Achieved Occupancy|Registers|Stall|Theoretical Occ|Bank|rc=" "$OUT/ncu.txt" | cut -c1-150 | head -60
+fi
 if [ "${BENCH:-1}" = 1 ]; then
     timeout "${BENCH_S:-150}" python3 -m pytest benches/bench_gpu_attention.py -q -s -p no:cacheprovider \
         > "$OUT/bench.txt" 2>&1

@@ -40,7 +40,11 @@ def _compare(qs, ks, vs, dtype=torch.float32, grad_scale=4.0, **kw):
     ref_dtype = torch.float32 if dtype in LOW else torch.float64
     ref_in = tuple(t.detach().to(ref_dtype).requires_grad_() for t in (q, k, v))
     mask = kw.get("attn_mask")
-    kw_ref = dict(kw, attn_mask=mask.to(ref_dtype) if mask is not None and mask.is_floating_point() else mask)
+    if mask is not None:  # torch's CUDA kernels want the bias's last dim contiguous: give the full mask
+        full = torch.broadcast_shapes(mask.shape, (*q.shape[:-1], k.shape[-2]))
+        mask = mask.expand(full).contiguous()
+        mask = mask.to(ref_dtype) if mask.is_floating_point() else mask
+    kw_ref = dict(kw, attn_mask=mask)
     ref = F.scaled_dot_product_attention(*ref_in, **kw_ref)
     assert ours.shape == ref.shape and ours.dtype == q.dtype and ours.device == q.device
     atol, rtol = TOL[dtype]

@@ -29,7 +29,7 @@
 #define ATTN_SIMT_WARPS 4
 #define ATTN_MAX_SIMT_DIM 256
 #define ATTN_FWD_WARPS 4
-#define ATTN_FWD_BQ 64
+#define ATTN_FWD_BQ 128
 #define ATTN_FWD_BK 64
 #define ATTN_BWD_WARPS 8
 #define ATTN_BWD_BQ 64
@@ -395,22 +395,34 @@ struct FwdSmem {
     static constexpr int BYTES = (ATTN_FWD_BQ + 4 * ATTN_FWD_BK) * LD * 2;
 };
 
-// Forward: grid (B * Hq, ceil(L / 64)), 128 threads, FwdSmem<D>::BYTES of dynamic shared memory.
+// 2^x on the special-function unit (inputs <= 0 here; -inf gives 0).
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Forward: a 1-D grid of B * Hq * ceil(L / BQ) blocks, query tiles of one head adjacent (they
+// share K and V in L2), 128 threads, FwdSmem<D>::BYTES of dynamic shared memory. Each warp owns
+// MT = 2 row tiles of 16 (32 query rows), so every K / V fragment read from shared memory feeds
+// two mma.
 template <class T, int D>
 __device__ void attn_fwd_mma(const AttnParams& p) {
     constexpr int NW = ATTN_FWD_WARPS, BQ = ATTN_FWD_BQ, BK = ATTN_FWD_BK, LD = FwdSmem<D>::LD;
-    constexpr int NT = NW * 32;
+    constexpr int NT = NW * 32, MT = BQ / (16 * NW);
     extern __shared__ __align__(16) unsigned char attn_smem[];
     u16* Qs = reinterpret_cast<u16*>(attn_smem);
     u16* Ks = Qs + BQ * LD;       // two stages
     u16* Vs = Ks + 2 * BK * LD;   // two stages
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tg = lane & 3, mi = lane >> 3, r8 = lane & 7;
-    const int qt = p.causal ? (int)gridDim.y - 1 - (int)blockIdx.y : (int)blockIdx.y;  // long rows first
-    const long long bh = blockIdx.x;
+    const long long L = p.len_q, S = p.len_kv;
+    const int n_qt = (int)((L + BQ - 1) / BQ);
+    const long long bh = blockIdx.x / n_qt;
+    const int t = (int)(blockIdx.x % n_qt);
+    const int qt = p.causal ? n_qt - 1 - t : t;  // causal: the long rows first
     const int b = (int)(bh / p.heads_q), h = (int)(bh % p.heads_q);
     const long long bhk = (long long)b * p.heads_kv + h / (p.heads_q / p.heads_kv);
-    const long long L = p.len_q, S = p.len_kv;
     const long long q0 = (long long)qt * BQ;
     const u16* Qg = reinterpret_cast<const u16*>(p.q) + bh * L * D;
     const u16* Kg = reinterpret_cast<const u16*>(p.k) + bhk * S * D;
@@ -426,128 +438,166 @@ __device__ void attn_fwd_mma(const AttnParams& p) {
     }
     cp_async_commit();
 
-    float o[D / 8][4];
+    float o[MT][D / 8][4];
+    float m[MT][2], l[MT][2];
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m0 = -BM_INF, m1 = -BM_INF, l0 = 0.0f, l1 = 0.0f;
-    u32 qf[D / 16][4];
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+        m[mt][0] = m[mt][1] = -BM_INF;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
     const float scale2 = p.scale * ATTN_LOG2E;
-    const long long rowA = q0 + warp * 16 + g, rowB = rowA + 8;
+    const int wrow = warp * 16 * MT;  // first row of this warp in the tile
     const bool drop = p.dropout_p > 0.0f;
 
     for (int j = 0; j < n_kt; ++j) {
         const int st = j & 1;
+        cp_async_wait<0>();
+        __syncthreads();  // stage st has landed; every warp is done with stage st ^ 1
         if (j + 1 < n_kt) {
             load_rows<BK, D, LD, NT>(Ks + (st ^ 1) * BK * LD, Kg, (long long)(j + 1) * BK, S);
             load_rows<BK, D, LD, NT>(Vs + (st ^ 1) * BK * LD, Vg, (long long)(j + 1) * BK, S);
         }
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        if (j == 0) {
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk)
-                ldsm4(qf[kk], Qs + (warp * 16 + r8 + (mi & 1) * 8) * LD + kk * 16 + (mi >> 1) * 8);
-        }
         const u16* Kst = Ks + st * BK * LD;
         const u16* Vst = Vs + st * BK * LD;
-        float s[BK / 8][4];
+        float s[MT][BK / 8][4];
 #pragma unroll
-        for (int i = 0; i < BK / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < BK / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
+            u32 qa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                ldsm4(qa[mt], Qs + (wrow + mt * 16 + r8 + (mi & 1) * 8) * LD + kk * 16 + (mi >> 1) * 8);
 #pragma unroll
             for (int nn = 0; nn < BK / 16; ++nn) {
                 u32 bf[4];
                 ldsm4(bf, Kst + (nn * 16 + r8 + (mi >> 1) * 8) * LD + kk * 16 + (mi & 1) * 8);
-                mma16816<T>(s[2 * nn], qf[kk], bf[0], bf[1]);
-                mma16816<T>(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<T>(s[mt][2 * nn], qa[mt], bf[0], bf[1]);
+                    mma16816<T>(s[mt][2 * nn + 1], qa[mt], bf[2], bf[3]);
+                }
             }
         }
         const long long k0 = (long long)j * BK;
-        const bool fix = p.mask_kind != 0 || k0 + BK > S || q0 + BQ > L ||
-                         (p.causal && k0 + BK - 1 > q0 + warp * 16);
-        float mx0 = -BM_INF, mx1 = -BM_INF;
+        const bool fix = p.mask_kind != 0 || k0 + BK > S || q0 + BQ > L || (p.causal && k0 + BK - 1 > q0 + wrow);
+        if (fix) {
 #pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt) {
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[nt][e] * scale2;
-                if (fix) x = attn_fix(p, x, b, h, e < 2 ? rowA : rowB, k0 + nt * 8 + tg * 2 + (e & 1));
-                s[nt][e] = x;
-            }
-            mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
-        const float z0 = n0 == -BM_INF ? 0.0f : n0, z1 = n1 == -BM_INF ? 0.0f : n1;
-        const float c0 = exp2f(m0 - z0), c1 = exp2f(m1 - z1);
-        m0 = n0;
-        m1 = n1;
-        l0 *= c0;
-        l1 *= c1;
+                for (int nt = 0; nt < BK / 8; ++nt)
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-            o[i][0] *= c0;
-            o[i][1] *= c0;
-            o[i][2] *= c1;
-            o[i][3] *= c1;
+                    for (int e = 0; e < 4; ++e)
+                        s[mt][nt][e] = attn_fix(p, s[mt][nt][e] * scale2, b, h,
+                                                q0 + wrow + mt * 16 + g + (e >> 1) * 8,
+                                                k0 + nt * 8 + tg * 2 + (e & 1));
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[mt][nt][e] *= scale2;
         }
 #pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt) {
-            s[nt][0] = exp2f(s[nt][0] - z0);
-            s[nt][1] = exp2f(s[nt][1] - z0);
-            s[nt][2] = exp2f(s[nt][2] - z1);
-            s[nt][3] = exp2f(s[nt][3] - z1);
-            l0 += s[nt][0] + s[nt][1];
-            l1 += s[nt][2] + s[nt][3];
-            if (drop) {
+        for (int mt = 0; mt < MT; ++mt) {
+            float mx0 = -BM_INF, mx1 = -BM_INF;
 #pragma unroll
-                for (int e = 0; e < 4; ++e)
-                    s[nt][e] = attn_keep(p, bh, e < 2 ? rowA : rowB, k0 + nt * 8 + tg * 2 + (e & 1))
-                                   ? s[nt][e] * p.inv_keep
-                                   : 0.0f;
+            for (int nt = 0; nt < BK / 8; ++nt) {
+                mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
             }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            const float n0 = fmaxf(m[mt][0], mx0), n1 = fmaxf(m[mt][1], mx1);
+            const float z0 = n0 == -BM_INF ? 0.0f : n0, z1 = n1 == -BM_INF ? 0.0f : n1;
+            const float c0 = ex2(m[mt][0] - z0), c1 = ex2(m[mt][1] - z1);
+            m[mt][0] = n0;
+            m[mt][1] = n1;
+            float r0 = 0.0f, r1 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < BK / 8; ++nt) {
+                s[mt][nt][0] = ex2(s[mt][nt][0] - z0);
+                s[mt][nt][1] = ex2(s[mt][nt][1] - z0);
+                s[mt][nt][2] = ex2(s[mt][nt][2] - z1);
+                s[mt][nt][3] = ex2(s[mt][nt][3] - z1);
+                r0 += s[mt][nt][0] + s[mt][nt][1];
+                r1 += s[mt][nt][2] + s[mt][nt][3];
+            }
+            l[mt][0] = l[mt][0] * c0 + r0;
+            l[mt][1] = l[mt][1] * c1 + r1;
+#pragma unroll
+            for (int i = 0; i < D / 8; ++i) {
+                o[mt][i][0] *= c0;
+                o[mt][i][1] *= c0;
+                o[mt][i][2] *= c1;
+                o[mt][i][3] *= c1;
+            }
+        }
+        if (drop) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < BK / 8; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)
+                        s[mt][nt][e] = attn_keep(p, bh, q0 + wrow + mt * 16 + g + (e >> 1) * 8,
+                                                 k0 + nt * 8 + tg * 2 + (e & 1))
+                                           ? s[mt][nt][e] * p.inv_keep
+                                           : 0.0f;
         }
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
-            u32 a[4];
-            a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            u32 a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                a[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                a[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                a[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int dd = 0; dd < D / 16; ++dd) {
                 u32 bf[4];
                 ldsm4t(bf, Vst + (kk * 16 + r8 + (mi & 1) * 8) * LD + dd * 16 + (mi >> 1) * 8);
-                mma16816<T>(o[2 * dd], a, bf[0], bf[1]);
-                mma16816<T>(o[2 * dd + 1], a, bf[2], bf[3]);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<T>(o[mt][2 * dd], a[mt], bf[0], bf[1]);
+                    mma16816<T>(o[mt][2 * dd + 1], a[mt], bf[2], bf[3]);
+                }
             }
         }
-        __syncthreads();  // every warp is done with stage st before it is refilled
     }
     cp_async_wait<0>();
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    u32* outA = reinterpret_cast<u32*>(reinterpret_cast<u16*>(p.out) + (bh * L + rowA) * D);
-    u32* outB = reinterpret_cast<u32*>(reinterpret_cast<u16*>(p.out) + (bh * L + rowB) * D);
+    float* lse = reinterpret_cast<float*>(p.lse) + bh * L;
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-        if (rowA < L) outA[i * 4 + tg] = pack2<T>(o[i][0] * i0, o[i][1] * i0);
-        if (rowB < L) outB[i * 4 + tg] = pack2<T>(o[i][2] * i1, o[i][3] * i1);
-    }
-    if (tg == 0) {
-        float* lse = reinterpret_cast<float*>(p.lse) + bh * L;
-        if (rowA < L) lse[rowA] = l0 > 0.0f ? (m0 + log2f(l0)) * ATTN_LN2 : -BM_INF;
-        if (rowB < L) lse[rowB] = l1 > 0.0f ? (m1 + log2f(l1)) * ATTN_LN2 : -BM_INF;
+    for (int mt = 0; mt < MT; ++mt) {
+        float l0 = l[mt][0], l1 = l[mt][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        const long long rowA = q0 + wrow + mt * 16 + g, rowB = rowA + 8;
+        u32* outA = reinterpret_cast<u32*>(reinterpret_cast<u16*>(p.out) + (bh * L + rowA) * D);
+        u32* outB = reinterpret_cast<u32*>(reinterpret_cast<u16*>(p.out) + (bh * L + rowB) * D);
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+            if (rowA < L) outA[i * 4 + tg] = pack2<T>(o[mt][i][0] * i0, o[mt][i][1] * i0);
+            if (rowB < L) outB[i * 4 + tg] = pack2<T>(o[mt][i][2] * i1, o[mt][i][3] * i1);
+        }
+        if (tg == 0) {
+            if (rowA < L) lse[rowA] = l0 > 0.0f ? (m[mt][0] + log2f(l0)) * ATTN_LN2 : -BM_INF;
+            if (rowB < L) lse[rowB] = l1 > 0.0f ? (m[mt][1] + log2f(l1)) * ATTN_LN2 : -BM_INF;
+        }
     }
 }
 
@@ -561,7 +611,8 @@ struct BwdSmem {
     static constexpr int BYTES = (2 * BK * LD + 4 * BQ * LD + BQ * LDS) * 2 + 4 * BQ * 4;
 };
 
-// Backward (dK, dV, and dQ into the fp32 workspace): grid (B * Hkv, ceil(S / 128)), 256 threads,
+// Backward (dK, dV, and dQ into the fp32 workspace): a 1-D grid of B * Hkv * ceil(S / 128) blocks
+// (key tiles of one head adjacent: they share Q and dO in L2), 256 threads,
 // BwdSmem<D>::BYTES of dynamic shared memory. Needs Delta (attn_delta) and a zeroed dq_acc.
 template <class T, int D>
 __device__ void attn_bwd_mma(const AttnParams& p) {
@@ -579,11 +630,12 @@ __device__ void attn_bwd_mma(const AttnParams& p) {
     float* Ds = Ls + 2 * BQ;                                // Delta, two stages
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, tg = lane & 3, mi = lane >> 3, r8 = lane & 7;
-    const long long bhk = blockIdx.x;
+    const long long L = p.len_q, S = p.len_kv;
+    const int n_kt = (int)((S + BK - 1) / BK);
+    const long long bhk = blockIdx.x / n_kt;
+    const long long k0 = (long long)(blockIdx.x % n_kt) * BK;
     const int b = (int)(bhk / p.heads_kv), hk = (int)(bhk % p.heads_kv);
     const int G = p.heads_q / p.heads_kv;
-    const long long L = p.len_q, S = p.len_kv;
-    const long long k0 = (long long)blockIdx.y * BK;
     const u16* Kg = reinterpret_cast<const u16*>(p.k) + bhk * S * D;
     const u16* Vg = reinterpret_cast<const u16*>(p.v) + bhk * S * D;
 
@@ -662,29 +714,60 @@ __device__ void attn_bwd_mma(const AttnParams& p) {
         }
         const bool fix = p.mask_kind != 0 || k0 + BK > S || q0 + BQ > L ||
                          (p.causal && k0 + warp * 16 + 15 > q0);
-        // P^T (fp32, in s), dropped P^T packed (A operand of dV), dS^T packed (A operand of dK).
-        u32 pa[BQ / 16][4], sa[BQ / 16][4];
+        // Scores in base 2 (masked where needed), then P^T (in s).
+        if (fix) {
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    s[nt][e] = attn_fix(p, s[nt][e] * scale2, b, h, q0 + nt * 8 + tg * 2 + (e & 1),
+                                        e < 2 ? keyA : keyB);
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] *= scale2;
+        }
 #pragma unroll
         for (int nt = 0; nt < BQ / 8; ++nt) {
-            float pd[4];
+            const int c = nt * 8 + tg * 2;
+            const float la = lse2_of(Lst[c]), lb = lse2_of(Lst[c + 1]);
+            s[nt][0] = ex2(s[nt][0] - la);
+            s[nt][1] = ex2(s[nt][1] - lb);
+            s[nt][2] = ex2(s[nt][2] - la);
+            s[nt][3] = ex2(s[nt][3] - lb);
+        }
+        // Dropped P^T packed (A operand of dV); dropout also scales dP^T (keep / (1 - p)).
+        u32 pa[BQ / 16][4], sa[BQ / 16][4];
+        if (drop) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = nt * 8 + tg * 2 + (e & 1);
-                const long long qi = q0 + c, kj = e < 2 ? keyA : keyB;
-                float x = s[nt][e] * scale2;
-                if (fix) x = attn_fix(p, x, b, h, qi, kj);
-                const float pr = exp2f(x - lse2_of(Lst[c]));
-                float d = dp[nt][e];
-                pd[e] = pr;
-                if (drop) {
-                    const bool keep = attn_keep(p, bh, qi, kj);
-                    d = keep ? d * p.inv_keep : 0.0f;
-                    pd[e] = keep ? pr * p.inv_keep : 0.0f;
+            for (int nt = 0; nt < BQ / 8; ++nt) {
+                float pd[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const bool keep =
+                        attn_keep(p, bh, q0 + nt * 8 + tg * 2 + (e & 1), e < 2 ? keyA : keyB);
+                    dp[nt][e] = keep ? dp[nt][e] * p.inv_keep : 0.0f;
+                    pd[e] = keep ? s[nt][e] * p.inv_keep : 0.0f;
                 }
-                dp[nt][e] = pr * (d - Dst[c]) * p.scale;  // dS^T, scaled
+                pa[nt / 2][(nt & 1) * 2 + 0] = pack2<T>(pd[0], pd[1]);
+                pa[nt / 2][(nt & 1) * 2 + 1] = pack2<T>(pd[2], pd[3]);
             }
-            pa[nt / 2][(nt & 1) * 2 + 0] = pack2<T>(pd[0], pd[1]);
-            pa[nt / 2][(nt & 1) * 2 + 1] = pack2<T>(pd[2], pd[3]);
+        } else {
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt) {
+                pa[nt / 2][(nt & 1) * 2 + 0] = pack2<T>(s[nt][0], s[nt][1]);
+                pa[nt / 2][(nt & 1) * 2 + 1] = pack2<T>(s[nt][2], s[nt][3]);
+            }
+        }
+        // dS^T = P^T (dP^T - Delta) * scale, packed (A operand of dK) and to shared memory (dQ).
+#pragma unroll
+        for (int nt = 0; nt < BQ / 8; ++nt) {
+            const float da = Dst[nt * 8 + tg * 2], db = Dst[nt * 8 + tg * 2 + 1];
+            dp[nt][0] = s[nt][0] * (dp[nt][0] - da) * p.scale;
+            dp[nt][1] = s[nt][1] * (dp[nt][1] - db) * p.scale;
+            dp[nt][2] = s[nt][2] * (dp[nt][2] - da) * p.scale;
+            dp[nt][3] = s[nt][3] * (dp[nt][3] - db) * p.scale;
             sa[nt / 2][(nt & 1) * 2 + 0] = pack2<T>(dp[nt][0], dp[nt][1]);
             sa[nt / 2][(nt & 1) * 2 + 1] = pack2<T>(dp[nt][2], dp[nt][3]);
             // dS (queries x keys) for dQ: transposed scatter of this fragment.

@@ -15,7 +15,7 @@ use std::ffi::c_void;
 const SIMT_WARPS: u64 = 4;
 const MAX_SIMT_DIM: u64 = 256;
 const FWD_WARPS: u32 = 4;
-const FWD_BQ: u64 = 64;
+const FWD_BQ: u64 = 128;
 const FWD_BK: u64 = 64;
 const BWD_WARPS: u32 = 8;
 const BWD_BQ: u64 = 64;
@@ -310,6 +310,17 @@ fn grid(x: u64, y: u64) -> Result<(u32, u32)> {
     Ok((x as u32, y as u32))
 }
 
+/// A 1-D grid of `rows * tiles` blocks (the tensor-core kernels decode (row, tile) themselves,
+/// tiles of one head adjacent so that they share K and V, or Q and dO, in L2).
+fn flat_grid(rows: u64, tiles: u64) -> Result<(u32, u32)> {
+    match rows.checked_mul(tiles) {
+        Some(n) if n <= i32::MAX as u64 => Ok((n as u32, 1)),
+        _ => Err(Error::Value(format!(
+            "attention (CUDA): {rows} heads x {tiles} tiles is too many blocks for one launch"
+        ))),
+    }
+}
+
 fn check_common(
     dtype: DType,
     s: &Shape,
@@ -390,7 +401,7 @@ pub unsafe fn forward(
     let (name, g, block, smem) = match path(dtype, s) {
         Path::Mma(d) => (
             format!("attn_fwd_mma{d}_{sfx}"),
-            grid(rows, div_up(s.len_q, FWD_BQ))?,
+            flat_grid(rows, div_up(s.len_q, FWD_BQ))?,
             FWD_WARPS * 32,
             fwd_smem(d),
         ),
@@ -489,7 +500,7 @@ pub unsafe fn backward(
             if s.len_kv > 0 {
                 dev.launch_2d(
                     f(format!("attn_bwd_mma{d}_{sfx}"))?,
-                    grid(rows_kv, div_up(s.len_kv, BWD_BK))?,
+                    flat_grid(rows_kv, div_up(s.len_kv, BWD_BK))?,
                     BWD_WARPS * 32,
                     bwd_smem(d),
                     stream,
@@ -574,7 +585,7 @@ mod tests {
             assert!(fwd_smem(d) <= 163 * 1024, "fwd {d}: {}", fwd_smem(d));
             assert!(bwd_smem(d) <= 163 * 1024, "bwd {d}: {}", bwd_smem(d));
         }
-        assert_eq!(fwd_smem(128), 320 * 136 * 2);
+        assert_eq!(fwd_smem(128), 384 * 136 * 2);
     }
 
     fn shape(e: u64, ev: u64) -> Shape {
@@ -681,5 +692,7 @@ mod tests {
     fn long_sequences_are_refused_not_truncated() {
         assert!(grid(4, MAX_GRID_Y).is_ok());
         assert!(grid(4, MAX_GRID_Y + 1).is_err());
+        assert_eq!(flat_grid(64, 32).unwrap(), (2048, 1));
+        assert!(flat_grid(1 << 20, 1 << 12).is_err());
     }
 }
