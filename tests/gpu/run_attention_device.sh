@@ -35,3 +35,9 @@ if [ "${BENCH:-1}" = 1 ]; then
     grep -E "TFLOP|torch_over|rc=|Error|assert" "$OUT/bench.txt" | cut -c1-400 | tail -12
     cp benches/results/gpu-attention.json "$OUT/" 2>/dev/null
 fi
+if [ -n "${EXTRA_TESTS:-}" ]; then
+    timeout "${EXTRA_S:-120}" python3 -m pytest $EXTRA_TESTS -q -p no:cacheprovider --tb=short -rf \
+        > "$OUT/extra_tests.txt" 2>&1
+    echo "extra tests rc=$?" >> "$OUT/extra_tests.txt"
+    tail -6 "$OUT/extra_tests.txt"
+fi

@@ -16,7 +16,7 @@ const SIMT_WARPS: u64 = 4;
 const MAX_SIMT_DIM: u64 = 256;
 const FWD_WARPS: u32 = 4;
 const FWD_BQ: u64 = 128;
-const FWD_BK: u64 = 64;
+const FWD_BK: u64 = 32;
 const BWD_WARPS: u32 = 8;
 const BWD_BQ: u64 = 64;
 const BWD_BK: u64 = BWD_WARPS as u64 * 16;
@@ -585,7 +585,7 @@ mod tests {
             assert!(fwd_smem(d) <= 163 * 1024, "fwd {d}: {}", fwd_smem(d));
             assert!(bwd_smem(d) <= 163 * 1024, "bwd {d}: {}", bwd_smem(d));
         }
-        assert_eq!(fwd_smem(128), 384 * 136 * 2);
+        assert_eq!(fwd_smem(128), 256 * 136 * 2);
     }
 
     fn shape(e: u64, ev: u64) -> Shape {
