@@ -270,6 +270,51 @@ def cuda_conv2d_backward(
     device: int,
     stream: int,
 ) -> None: ...
+def cuda_attention_path(dtype: str, shape: tuple[int, int, int, int, int, int, int]) -> tuple[str, int]: ...
+def cuda_attention_forward(
+    *,
+    dtype: str,
+    q: int,
+    k: int,
+    v: int,
+    out: int,
+    lse: int,
+    mask: int,
+    mask_kind: str,
+    mask_dims: tuple[int, int, int, int],
+    shape: tuple[int, int, int, int, int, int, int],
+    scale: float,
+    causal: bool,
+    dropout_p: float,
+    seed: int,
+    device: int,
+    stream: int,
+) -> None: ...
+def cuda_attention_backward(
+    *,
+    dtype: str,
+    q: int,
+    k: int,
+    v: int,
+    out: int,
+    lse: int,
+    dout: int,
+    delta: int,
+    dq_acc: int,
+    dq: int,
+    dk: int,
+    dv: int,
+    mask: int,
+    mask_kind: str,
+    mask_dims: tuple[int, int, int, int],
+    shape: tuple[int, int, int, int, int, int, int],
+    scale: float,
+    causal: bool,
+    dropout_p: float,
+    seed: int,
+    device: int,
+    stream: int,
+) -> None: ...
 def nvrtc_compile_source(name: str, source: str, arch: int, output: str = "ptx") -> bytes: ...
 def cuda_sources() -> list[tuple[str, str]]: ...
 def cuda_abi_sizes() -> list[tuple[str, int]]: ...

@@ -121,3 +121,39 @@ def test_conv2d_has_a_cuda_kernel_and_cpu_is_unaffected():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
     torch.testing.assert_close(bn.ops.conv2d(x, w), torch.nn.functional.conv2d(x, w))
+def test_attention_launchers_raise_instead_of_crashing():
+    shape = (2, 4, 2, 33, 40, 64, 64)
+    assert _native.cuda_attention_path("bfloat16", shape) == ("mma", 64)
+    assert _native.cuda_attention_path("float32", shape) == ("simt", 0)
+    assert _native.cuda_attention_path("float16", (2, 4, 2, 33, 40, 96, 96)) == ("simt", 0)
+    common = dict(
+        mask=0, mask_kind="none", mask_dims=(1, 1, 1, 1), shape=shape, scale=0.125, causal=False,
+        dropout_p=0.0, seed=0, device=0, stream=0,
+    )  # fmt: skip
+    fwd = dict(q=0x1000, k=0x2000, v=0x3000, out=0x4000, lse=0x5000)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _native.cuda_attention_forward(dtype="bfloat16", **fwd, **common)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        _native.cuda_attention_backward(
+            dtype="float16", **fwd, dout=0x6000, delta=0x7000, dq_acc=0x8000, dq=0x9000, dk=0xA000,
+            dv=0xB000, **common,
+        )  # fmt: skip
+    # Bad arguments are refused before the environment is looked at.
+    with pytest.raises(ValueError, match="null device pointer"):
+        _native.cuda_attention_forward(dtype="bfloat16", **{**fwd, "lse": 0}, **common)
+    with pytest.raises(ValueError, match="not aligned"):
+        _native.cuda_attention_forward(dtype="bfloat16", **{**fwd, "q": 0x1008}, **common)
+    with pytest.raises(ValueError, match="dropout"):
+        _native.cuda_attention_forward(dtype="float32", **fwd, **{**common, "dropout_p": 1.0})
+    with pytest.raises(ValueError, match="must divide"):
+        _native.cuda_attention_forward(dtype="float32", **fwd, **{**common, "shape": (2, 4, 3, 33, 40, 8, 8)})
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        _native.cuda_attention_forward(dtype="float64", **fwd, **common)
+
+
+def test_attention_cuda_kernel_needs_cuda():
+    from bigmodel_native.ops import attention_cuda
+
+    q = torch.randn(1, 2, 5, 8)
+    with pytest.raises(RuntimeError, match="needs CUDA"):
+        attention_cuda._sdpa_flash_cuda(q, q, q, None, 0.3, False, 0.0, 0)

@@ -46,11 +46,24 @@ ENTRIES = {
             ("cast", "ConvCast"),
         )
     },
+    "attention": {
+        **{
+            f"attn_{kind}_{d}": ["AttnParams"]
+            for d in ("f32", "bf16", "f16")
+            for kind in ("fwd_simt", "bwd_dq_simt", "bwd_dkv_simt", "delta", "dq_convert")
+        },
+        **{
+            f"attn_{kind}{hd}_{d}": ["AttnParams"]
+            for d in ("bf16", "f16")
+            for hd in (64, 128)
+            for kind in ("fwd_mma", "bwd_mma")
+        },
+    },
 }
 
 
 def test_every_source_is_checked():
-    assert set(SOURCES) == set(ENTRIES) == {"adam", "cross_entropy", "conv2d"}
+    assert set(SOURCES) == set(ENTRIES) == {"adam", "cross_entropy", "conv2d", "attention"}
     assert NVRTC is not None and NVRTC[0] >= 12
 
 
@@ -95,3 +108,14 @@ def test_a_broken_source_fails_with_the_compiler_log():
 def test_bad_output_kind():
     with pytest.raises(ValueError, match="ptx"):
         _cuda.nvrtc_compile_check(90, output="sass")
+
+
+def test_attention_uses_tensor_cores():
+    ptx = _native.nvrtc_compile_source("attention", SOURCES["attention"], 90).decode()
+    for instr in (
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+        "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16",
+        "cp.async.cg.shared.global",
+    ):
+        assert instr in ptx, instr

@@ -13,6 +13,7 @@
 //! libraries first (cudarc panics on a missing library) and return [`Error`] instead.
 
 pub mod adam;
+pub mod attention;
 pub mod blas;
 pub mod conv2d;
 pub mod cross_entropy;
@@ -22,8 +23,9 @@ pub mod runtime;
 pub use error::{Error, Result};
 
 /// Every kernel source, by name: the names the NVRTC compile check reports.
-pub const SOURCES: [(&str, &str); 3] = [
+pub const SOURCES: [(&str, &str); 4] = [
     ("adam", runtime::ADAM_SRC),
     ("cross_entropy", runtime::CROSS_ENTROPY_SRC),
     ("conv2d", runtime::CONV2D_SRC),
+    ("attention", runtime::ATTENTION_SRC),
 ];

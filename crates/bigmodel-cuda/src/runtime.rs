@@ -24,6 +24,7 @@ pub const COMMON_SRC: &str = include_str!("../kernels/common.cuh");
 pub const ADAM_SRC: &str = include_str!("../kernels/adam.cu");
 pub const CROSS_ENTROPY_SRC: &str = include_str!("../kernels/cross_entropy.cu");
 pub const CONV2D_SRC: &str = include_str!("../kernels/conv2d.cu");
+pub const ATTENTION_SRC: &str = include_str!("../kernels/attention.cu");
 
 /// Runs `f`, turning a panic inside cudarc (a missing symbol, say) into an error.
 pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -357,13 +358,38 @@ impl Device {
         stream: u64,
         args: &mut [*mut c_void],
     ) -> Result<()> {
+        self.launch_2d(f, (grid, 1), block, 0, stream, args)
+    }
+
+    /// As [`Device::launch`], with a two-dimensional grid and `smem` bytes of dynamic shared
+    /// memory (above 48 KiB the kernel's limit is raised first, as the driver requires).
+    ///
+    /// # Safety
+    /// As [`Device::launch`]; `smem` must be what the kernel expects of its dynamic shared memory.
+    pub unsafe fn launch_2d(
+        &self,
+        f: Function,
+        grid: (u32, u32),
+        block: u32,
+        smem: u32,
+        stream: u64,
+        args: &mut [*mut c_void],
+    ) -> Result<()> {
         with_context(self.ctx, || {
             guard(|| {
+                if smem > 48 * 1024 {
+                    cu::function::set_function_attribute(
+                        f.0,
+                        cusys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem as i32,
+                    )
+                    .map_err(|e| Error::driver("cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)", e))?;
+                }
                 cu::launch_kernel(
                     f.0,
-                    (grid, 1, 1),
+                    (grid.0, grid.1, 1),
                     (block, 1, 1),
-                    0,
+                    smem,
                     stream as cusys::CUstream,
                     args,
                 )

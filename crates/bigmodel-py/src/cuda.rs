@@ -12,6 +12,7 @@ use crate::errors::NeedsStaging;
 use crate::tensors::{inspect_step, kernel_dtype};
 use crate::views::slice_mut;
 use bigmodel_cuda::adam::{self, AdamHyper, AdamTensor, DType, StepCounter};
+use bigmodel_cuda::attention as attn;
 use bigmodel_cuda::conv2d::{self as conv, ConvShape};
 use bigmodel_cuda::cross_entropy::{self as ce, BackwardArgs, ForwardArgs, Reduction};
 use bigmodel_cuda::{runtime, Error};
@@ -129,6 +130,7 @@ pub fn cuda_abi_sizes() -> Vec<(&'static str, usize)> {
         ("ConvGather", size_of::<conv::ConvGather>()),
         ("ConvBiasGrad", size_of::<conv::ConvBiasGrad>()),
         ("ConvCast", size_of::<conv::ConvCast>()),
+        ("AttnParams", size_of::<attn::AttnParams>()),
     ]
 }
 
@@ -697,6 +699,161 @@ pub fn cuda_conv2d_backward(
         .map_err(to_py)
 }
 
+type AttnShape = (u64, u64, u64, u64, u64, u64, u64);
+
+fn attn_shape(s: AttnShape) -> attn::Shape {
+    attn::Shape {
+        batch: s.0,
+        heads_q: s.1,
+        heads_kv: s.2,
+        len_q: s.3,
+        len_kv: s.4,
+        dim_qk: s.5,
+        dim_v: s.6,
+    }
+}
+
+fn attn_mask(kind: &str, ptr: u64, dims: (u64, u64, u64, u64)) -> PyResult<attn::Mask> {
+    let kind = match kind {
+        "none" => attn::MaskKind::None,
+        "bool" => attn::MaskKind::Bool,
+        "float" => attn::MaskKind::Additive,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "mask kind must be 'none', 'bool' or 'float', got {kind:?}"
+            )))
+        }
+    };
+    Ok(attn::Mask {
+        kind,
+        ptr,
+        dims: [dims.0, dims.1, dims.2, dims.3],
+    })
+}
+
+fn attn_dtype(name: &str) -> PyResult<DType> {
+    parse_dtype(name).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "unsupported dtype {name} for the CUDA attention kernels; expected float32, bfloat16 or float16"
+        ))
+    })
+}
+
+/// Which kernels the CUDA attention runs for this dtype and shape (B, Hq, Hkv, L, S, E, Ev):
+/// ("mma", head_dim) for the tensor-core kernels, whose backward needs a zeroed fp32 dQ workspace,
+/// or ("simt", 0).
+#[pyfunction]
+pub fn cuda_attention_path(dtype: &str, shape: AttnShape) -> PyResult<(&'static str, u64)> {
+    Ok(match attn::path(attn_dtype(dtype)?, &attn_shape(shape)) {
+        attn::Path::Mma(d) => ("mma", d),
+        attn::Path::Simt => ("simt", 0),
+    })
+}
+
+/// Queues the attention forward (see `ops/attention_cuda.py`, which allocates `out` and `lse`).
+#[pyfunction]
+#[pyo3(signature = (
+    *, dtype, q, k, v, out, lse, mask, mask_kind, mask_dims, shape, scale, causal, dropout_p, seed,
+    device, stream
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn cuda_attention_forward(
+    py: Python<'_>,
+    dtype: &str,
+    q: u64,
+    k: u64,
+    v: u64,
+    out: u64,
+    lse: u64,
+    mask: u64,
+    mask_kind: &str,
+    mask_dims: (u64, u64, u64, u64),
+    shape: AttnShape,
+    scale: f64,
+    causal: bool,
+    dropout_p: f64,
+    seed: u64,
+    device: i32,
+    stream: u64,
+) -> PyResult<()> {
+    let d = attn_dtype(dtype)?;
+    let m = attn_mask(mask_kind, mask, mask_dims)?;
+    let s = attn_shape(shape);
+    let o = attn::Options {
+        scale,
+        causal,
+        dropout_p,
+        seed,
+    };
+    let f = attn::ForwardArgs { q, k, v, out, lse };
+    // SAFETY: the Python caller passes data pointers of live, contiguous CUDA tensors on `device`
+    // with the shapes in `shape` (mask: compact 4-D of `mask_dims`), keeps them alive through
+    // the call, allocated `out` and `lse` fresh, and queues on the current stream of `device`.
+    py.detach(|| unsafe { attn::forward(device, stream, d, &s, &o, &m, &f) })
+        .map_err(to_py)
+}
+
+/// Queues the attention backward (see `ops/attention_cuda.py`, which allocates the gradients
+/// and the fp32 workspaces `delta` and, for the tensor-core path, the zeroed `dq_acc`).
+#[pyfunction]
+#[pyo3(signature = (
+    *, dtype, q, k, v, out, lse, dout, delta, dq_acc, dq, dk, dv, mask, mask_kind, mask_dims, shape,
+    scale, causal, dropout_p, seed, device, stream
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn cuda_attention_backward(
+    py: Python<'_>,
+    dtype: &str,
+    q: u64,
+    k: u64,
+    v: u64,
+    out: u64,
+    lse: u64,
+    dout: u64,
+    delta: u64,
+    dq_acc: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    mask: u64,
+    mask_kind: &str,
+    mask_dims: (u64, u64, u64, u64),
+    shape: AttnShape,
+    scale: f64,
+    causal: bool,
+    dropout_p: f64,
+    seed: u64,
+    device: i32,
+    stream: u64,
+) -> PyResult<()> {
+    let d = attn_dtype(dtype)?;
+    let m = attn_mask(mask_kind, mask, mask_dims)?;
+    let s = attn_shape(shape);
+    let o = attn::Options {
+        scale,
+        causal,
+        dropout_p,
+        seed,
+    };
+    let b = attn::BackwardArgs {
+        q,
+        k,
+        v,
+        out,
+        lse,
+        dout,
+        delta,
+        dq_acc,
+        dq,
+        dk,
+        dv,
+    };
+    // SAFETY: as in `cuda_attention_forward`; `out` and `lse` are the forward's, the gradients
+    // and workspaces are fresh tensors of the documented shapes (dq_acc zeroed on this stream).
+    py.detach(|| unsafe { attn::backward(device, stream, d, &s, &o, &m, &b) })
+        .map_err(to_py)
+}
+
 /// Registers the CUDA functions on the extension module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
@@ -712,5 +869,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_conv2d_plan, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_conv2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_attention_path, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_attention_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_attention_backward, m)?)?;
     Ok(())
 }

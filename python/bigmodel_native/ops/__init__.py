@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import (
     adam_cuda,  # noqa: F401  (registers adam_step_'s CUDA kernel)
+    attention_cuda,  # noqa: F401  (registers the attention ops' CUDA kernels)
     conv2d_cuda,  # noqa: F401  (registers the conv2d ops' CUDA kernels)
     cross_entropy_cuda,  # noqa: F401  (registers the cross-entropy ops' CUDA kernels)
 )

@@ -19,8 +19,10 @@ random stream is not torch's, so dropped positions differ from torch's while the
 :func:`scaled_dot_product_attention` is the drop-in for ``F.scaled_dot_product_attention``: it
 checks arguments as torch does, broadcasts batch dimensions, compacts the mask and flattens to
 the op's layout. Dtypes: float32, float64, bfloat16 and float16 (the last two computed in
-float32). Not supported (``NotImplementedError``, never a silent fallback): non-CPU tensors,
-gradients with respect to a float ``attn_mask``, head dimension 0.
+float32). CUDA tensors run the kernels of ``attention_cuda.py`` (tensor cores for bf16 / fp16
+with head dim 64 or 128). Not supported (``NotImplementedError``, never a silent fallback): devices
+other than CPU and CUDA, float64 or head dims above 256 on CUDA, gradients with respect to a float
+``attn_mask``, head dimension 0.
 """
 
 from __future__ import annotations
@@ -181,10 +183,17 @@ def _check_inputs(
             "Expected query, key, and value to have the same dtype, but got "
             f"query.dtype: {query.dtype} key.dtype: {key.dtype} and value.dtype: {value.dtype} instead."
         )
-    for t in (query, key, value):
-        if t.device.type != "cpu":
+    for t in (query, key, value, attn_mask):
+        if t is None:
+            continue
+        if t.device.type not in ("cpu", "cuda"):
             raise NotImplementedError(
-                f"bigmodel_native scaled_dot_product_attention runs on CPU tensors, got {t.device}"
+                f"bigmodel_native scaled_dot_product_attention runs on CPU and CUDA tensors, got {t.device}"
+            )
+        if t.device != query.device:
+            raise RuntimeError(
+                "Expected all tensors to be on the same device, but found at least two devices, "
+                f"{query.device} and {t.device}!"
             )
     if query.dtype not in _SUPPORTED:
         raise RuntimeError(f"expected a floating-point query, key and value, got {query.dtype}")
@@ -281,7 +290,7 @@ def scaled_dot_product_attention(
     if dropout_p >= 1.0:
         # Every weight dropped: torch returns zeros; keep the graph so gradients are (zero) defined.
         zero = (query.sum() + key.sum() + value.sum()) * 0.0
-        return torch.zeros(out_shape, dtype=query.dtype) + zero
+        return torch.zeros(out_shape, dtype=query.dtype, device=query.device) + zero
     mask = None if attn_mask is None else _compact_mask(attn_mask, lead or (1,), h, lq, s, query.dtype)
     if mask is not None and not lead:
         mask = mask.reshape(1, *mask.shape[-3:]) if mask.dim() == 4 else mask
