@@ -16,6 +16,8 @@ fp32 uses TF32 tensor cores exactly when torch's own convolutions do:
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -25,10 +27,14 @@ from ._library import LIB
 
 _NAME = "bigmodel_native::conv2d"
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-#: Bytes of the fp32 column matrix per pass; larger batches run in chunks of images.
-COL_BUDGET = 512 << 20
+#: Bytes of the fp32 column matrix per pass; larger batches run in chunks of images
+#: (environment variable ``BIGMODEL_CONV_COL_BUDGET`` overrides it).
+COL_BUDGET = int(os.environ.get("BIGMODEL_CONV_COL_BUDGET", 512 << 20))
 #: cuBLAS workspace handed over on every call (what NVIDIA recommends for Hopper).
 WORKSPACE = 32 << 20
+_ALIGN = 256
+_PLANS: dict[tuple, tuple[int, int, int, int, int, int]] = {}
+_ready: set[int] = set()
 
 
 def _same_device(*tensors: Tensor | None) -> torch.device:
@@ -51,7 +57,9 @@ def _prologue(input: Tensor, weight: Tensor, *rest: Tensor | None) -> torch.devi
             f"{_NAME}: float64 is not supported on CUDA by bigmodel_native's kernels (float32, bfloat16 "
             "and float16 are); use torch.nn.functional.conv2d or compute in float32"
         )
-    _cuda.require_cuda(f"{_NAME} on CUDA tensors")
+    if dev.index not in _ready:  # checked once per device and process
+        _cuda.require_cuda(f"{_NAME} on CUDA tensors")
+        _ready.add(dev.index)
     return dev
 
 
@@ -71,7 +79,27 @@ def _shapes(input: Tensor, weight: Tensor, stride, padding, dilation, groups) ->
 
 
 def _plan(shapes: dict) -> tuple[int, int, int, int, int, int]:
-    return _native.cuda_conv2d_plan(**shapes, budget_bytes=COL_BUDGET)
+    """(oh, ow, chunk, col_elems, gather_elems, bias_slices), cached per shape and budget."""
+    key = (*shapes.values(), COL_BUDGET)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _native.cuda_conv2d_plan(**shapes, budget_bytes=COL_BUDGET)
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _scratch(dev: torch.device, sizes: list[int]) -> tuple[Tensor, list[int]]:
+    """One allocation from torch's caching allocator for every scratch buffer of a call; returns it
+    (keep it alive through the launch) and each buffer's address (0 for a size of 0)."""
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total if n else -1)
+        total += -(-n // _ALIGN) * _ALIGN
+    buf = torch.empty(total, device=dev, dtype=torch.uint8)
+    base = buf.data_ptr()
+    return buf, [0 if o < 0 else base + o for o in offsets]
 
 
 def _conv2d_cuda(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
@@ -90,16 +118,15 @@ def _conv2d_cuda(input, weight, bias, stride, padding, dilation, groups) -> Tens
     b = None if bias is None else bias.contiguous()
     shapes = _shapes(x, w, stride, padding, dilation, groups)
     _, _, chunk, col_elems, tmp_elems, _ = _plan(shapes)
-    col = torch.empty(col_elems, device=dev, dtype=x.dtype)
-    tmp = torch.empty(tmp_elems, device=dev, dtype=torch.float32)
-    ws = torch.empty(WORKSPACE, device=dev, dtype=torch.uint8)
+    sizes = [col_elems * x.element_size(), tmp_elems * 4, WORKSPACE]
+    buf, (col, tmp, ws) = _scratch(dev, sizes)
     _native.cuda_conv2d_forward(
         dtype=_DTYPES[x.dtype], **shapes, x=x.data_ptr(), weight=w.data_ptr(),
-        bias=0 if b is None else b.data_ptr(), out=out.data_ptr(), col=col.data_ptr(),
-        col_bytes=col.nbytes, tmp=tmp.data_ptr(), tmp_bytes=tmp.nbytes, workspace=ws.data_ptr(),
-        ws_bytes=ws.nbytes, chunk=chunk, tf32=_tf32(x.dtype), device=dev.index,
-        stream=torch.cuda.current_stream(dev).cuda_stream,
+        bias=0 if b is None else b.data_ptr(), out=out.data_ptr(), col=col, col_bytes=sizes[0],
+        tmp=tmp, tmp_bytes=sizes[1], workspace=ws, ws_bytes=sizes[2], chunk=chunk, tf32=_tf32(x.dtype),
+        device=dev.index, stream=torch.cuda.current_stream(dev).cuda_stream,
     )  # fmt: skip
+    del buf  # back to the caching allocator, stream-ordered after the queued work
     return out
 
 
@@ -129,25 +156,29 @@ def _conv2d_backward_cuda(grad_output, input, weight, stride, padding, dilation,
         shapes = _shapes(x, w, stride, padding, dilation, groups)
         _, _, chunk, col_elems, gather_elems, slices = _plan(shapes)
         gemm = want_x or want_w
-        col = torch.empty(col_elems if gemm else 0, device=dev, dtype=torch.float32)
-        gather = torch.empty(gather_elems if gemm else 0, device=dev, dtype=x.dtype)
-        acc = None
-        if gw is not None:
-            acc = gw if gw.dtype == torch.float32 else torch.empty(gw.shape, device=dev, dtype=torch.float32)
-        partial = torch.empty(w.shape[0] * slices if want_b else 0, device=dev, dtype=torch.float32)
-        ws = torch.empty(WORKSPACE if gemm else 0, device=dev, dtype=torch.uint8)
+        own_acc = want_w and w.dtype != torch.float32
+        sizes = [
+            col_elems * 4 if gemm else 0,
+            gather_elems * x.element_size() if gemm else 0,
+            w.numel() * 4 if own_acc else 0,
+            w.shape[0] * slices * 4 if want_b else 0,
+            WORKSPACE if gemm else 0,
+        ]
+        buf, (col, gather, acc, partial, ws) = _scratch(dev, sizes)
+        if want_w and not own_acc:
+            acc = gw.data_ptr()
 
         def ptr(t: Tensor | None) -> int:
             return 0 if t is None or t.numel() == 0 else t.data_ptr()
 
         _native.cuda_conv2d_backward(
             dtype=_DTYPES[x.dtype], **shapes, grad_out=g.data_ptr(), x=x.data_ptr(),
-            weight=w.data_ptr(), grad_x=ptr(gi), grad_weight=ptr(gw), grad_weight_acc=ptr(acc),
-            grad_bias=ptr(gb), partial=ptr(partial), col=ptr(col), col_bytes=col.nbytes,
-            gather=ptr(gather), gather_bytes=gather.nbytes, workspace=ptr(ws), ws_bytes=ws.nbytes,
-            chunk=chunk, tf32=_tf32(x.dtype), device=dev.index,
-            stream=torch.cuda.current_stream(dev).cuda_stream,
+            weight=w.data_ptr(), grad_x=ptr(gi), grad_weight=ptr(gw), grad_weight_acc=acc,
+            grad_bias=ptr(gb), partial=partial, col=col, col_bytes=sizes[0], gather=gather,
+            gather_bytes=sizes[1], workspace=ws, ws_bytes=sizes[4], chunk=chunk, tf32=_tf32(x.dtype),
+            device=dev.index, stream=torch.cuda.current_stream(dev).cuda_stream,
         )  # fmt: skip
+        del buf
     empty = x.new_empty(0)
     return (
         empty if gi is None else gi,
