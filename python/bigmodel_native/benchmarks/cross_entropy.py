@@ -22,7 +22,6 @@ in a fresh process per provider (RSS high-water mark: tracemalloc does not see t
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -145,11 +144,25 @@ def _peak_child(provider: str, n: int, c: int, dtype_name: str, threads: int) ->
         del x  # _inplace runs on its own copy
     else:
         fn = _fwd_bwd(cross_entropy if provider == OURS else F.cross_entropy, x, t)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _rss_high_water()
     out = fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = _rss_high_water()
     del out
-    return (after - before) * 1024
+    return after - before
+
+
+def _rss_high_water() -> int:
+    """This address space's peak resident set (VmHWM), in bytes.
+
+    Not ``getrusage().ru_maxrss``: Linux carries that over exec from the process that spawned
+    this one, so under a large parent (a pytest session that already ran other benchmarks) it
+    starts above anything this process does and the difference reads 0.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def peak_extra_bytes(provider: str, n: int, c: int, dtype: torch.dtype, threads: int = 1) -> int:
