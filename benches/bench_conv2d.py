@@ -2,10 +2,13 @@
 
 The issue's targets are forward+backward >= 1.5x torch on the two first layers (few input channels,
 where torch's backward is slow), >= 1.0x on the other layers, and forward >= 0.9x everywhere.
-The floors below are gates against regressions, not the targets: they sit well under the ratios
-recorded in benches/results/conv.json (measured on a shared 2-core machine where other jobs ran)
-so that noise passes, yet losing the first layers' backward advantage, the batch-parallel plan
-(about 2x) or the blocked im2col of small images fails.
+Those targets are missed on a quiet machine (benches/results/conv.json: forward 0.45-0.73x,
+forward+backward 0.54-0.68x on the inner layers, 1.09x and 0.90x on the first two): the gemm
+crate's kernels reach about half of oneDNN's throughput at these shapes. Earlier figures, taken
+while other jobs loaded the machine, flattered us (oneDNN's spinning OpenMP threads suffer more
+from a busy machine). The floors below are gates against regressions, not the targets: they sit
+about a third under the quiet-machine ratios so that noise passes, yet losing the batch-parallel
+plan (about 2x) or the blocked im2col of small images fails.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ FLOORS = {
     "fwd 64->64 5x5": 0.3,
     "fwd 3->32 32x32": 0.3,
     "fwd 32->64 15x15": 0.3,
-    "fwd+bwd 1->32 28x28": 0.9,
+    "fwd+bwd 1->32 28x28": 0.7,
     "fwd+bwd 32->64 13x13": 0.35,
     "fwd+bwd 64->64 5x5": 0.35,
-    "fwd+bwd 3->32 32x32": 0.9,
+    "fwd+bwd 3->32 32x32": 0.55,
     "fwd+bwd 32->64 15x15": 0.35,
 }
 
