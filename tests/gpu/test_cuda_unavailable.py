@@ -121,6 +121,8 @@ def test_conv2d_has_a_cuda_kernel_and_cpu_is_unaffected():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
     x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
     torch.testing.assert_close(bn.ops.conv2d(x, w), torch.nn.functional.conv2d(x, w))
+
+
 def test_attention_launchers_raise_instead_of_crashing():
     shape = (2, 4, 2, 33, 40, 64, 64)
     assert _native.cuda_attention_path("bfloat16", shape) == ("mma", 64)

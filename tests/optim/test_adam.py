@@ -10,10 +10,9 @@ import copy
 import itertools
 import multiprocessing as mp
 
+import bigmodel_native as bn
 import pytest
 import torch
-
-import bigmodel_native as bn
 from bigmodel_native import _native
 from bigmodel_native.optim import Adam, AdamW
 
@@ -40,14 +39,16 @@ def _make(shapes, dtype=torch.float32, transpose=False):
     return ps
 
 
-def _run_pair(ours_cls, torch_cls, kwargs, steps=100, dtype=torch.float32, transpose=False, torch_kwargs=None):
+def _run_pair(
+    ours_cls, torch_cls, kwargs, steps=100, dtype=torch.float32, transpose=False, torch_kwargs=None
+):
     a = _make(SHAPES, dtype, transpose)
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     oa = ours_cls(a, lr=1e-2, **kwargs)
     ob = torch_cls(b, lr=1e-2, **kwargs, **(torch_kwargs or {}))
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
-        for p, q in zip(a, b):
+        for p, q in zip(a, b, strict=True):
             grad = torch.randn(p.shape, generator=g, dtype=dtype)
             p.grad, q.grad = grad.clone(), grad.clone()
         oa.step()
@@ -56,7 +57,11 @@ def _run_pair(ours_cls, torch_cls, kwargs, steps=100, dtype=torch.float32, trans
 
 
 def _rel_err(a, b):
-    return max(((x.double() - y.double()).abs() / y.double().abs().clamp_min(1)).max().item() for x, y in zip(a, b) if x.numel()) 
+    return max(
+        ((x.double() - y.double()).abs() / y.double().abs().clamp_min(1)).max().item()
+        for x, y in zip(a, b, strict=True)
+        if x.numel()
+    )
 
 
 @pytest.mark.parametrize("kwargs", OPTIONS, ids=str)
@@ -159,7 +164,9 @@ def test_closure_is_called_with_grad_enabled():
 
 @pytest.mark.parametrize("direction", ["torch_to_ours", "ours_to_torch"])
 def test_state_dict_round_trip_then_identical_training(direction):
-    src_cls, dst_cls = (torch.optim.AdamW, AdamW) if direction == "torch_to_ours" else (AdamW, torch.optim.AdamW)
+    src_cls, dst_cls = (
+        (torch.optim.AdamW, AdamW) if direction == "torch_to_ours" else (AdamW, torch.optim.AdamW)
+    )
     model = torch.nn.Linear(5, 3)
     opt = src_cls(model.parameters(), lr=1e-2, amsgrad=True)
     for _ in range(5):
@@ -180,7 +187,7 @@ def test_state_dict_round_trip_then_identical_training(direction):
             m(torch.randn(8, 5, generator=g)).pow(2).sum().backward()
             o.step()
         continued.append([p.detach().clone() for p in m.parameters()])
-    for x, y in zip(*continued):
+    for x, y in zip(*continued, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
@@ -188,7 +195,7 @@ def test_amp_grad_scale_and_found_inf_follow_torch_fused():
     a = [torch.nn.Parameter(torch.randn(50))]
     b = [torch.nn.Parameter(a[0].detach().clone())]
     oa, ob = Adam(a, lr=1e-2), torch.optim.Adam(b, lr=1e-2, fused=True)
-    for step, inf in enumerate([0.0, 1.0, 0.0, 0.0]):
+    for _step, inf in enumerate([0.0, 1.0, 0.0, 0.0]):
         g = torch.randn(50) * 128
         a[0].grad, b[0].grad = g.clone(), g.clone()
         for o in (oa, ob):
@@ -329,7 +336,7 @@ def test_many_tensors_in_one_call():
     b = [torch.nn.Parameter(p.detach().clone()) for p in a]
     oa, ob = Adam(a), torch.optim.Adam(b, foreach=False)
     for _ in range(3):
-        for p, q in zip(a, b):
+        for p, q in zip(a, b, strict=True):
             p.grad = q.grad = torch.randn(p.shape)
         oa.step()
         ob.step()
