@@ -2,11 +2,12 @@
 
 Floors sit well under the measured ratios (see benches/results/ce.json) so that a noisy 2-core
 machine passes, yet losing the fused single pass or the parallel path fails. The forward+backward
-floors are the lowest: both libraries write a fresh logits-sized gradient each call, and its page
-faults swing both timings by 2x or more on a loaded machine (the in-place mode has none, and
-holds a firmer floor). The peak-memory
-test holds the issue's budget: at most one logits-sized buffer beyond the logits (none in the
-in-place mode), against torch's two (its saved log-softmax and the gradient).
+floors are the lowest: both libraries write a fresh logits-sized gradient each call, and the
+kernel's zeroing of those pages swings both timings by 2x or more on a loaded machine. Ours asks
+for transparent huge pages on that buffer (bigmodel_kernels::memory), which removes most of its
+page faults, so it now runs as fast as the in-place mode; the in-place mode's gain is the memory.
+The peak-memory test holds the issue's budget: at most one logits-sized buffer beyond the logits
+(none in the in-place mode), against torch's two (its saved log-softmax and the gradient).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, t
 #: case name -> [(baseline, floor on baseline_time / our_time)]
 FLOORS = {
     "a: (4096, 32000) fp32 fwd": [("torch", 1.8)],
-    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 0.8)],
+    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 1.5)],
     "b: (4096, 32000) bf16 fwd": [("torch", 1.3)],
     "b: (4096, 32000) bf16 fwd+bwd": [("torch", 0.8)],
     "c: (64, 10) fp32 fwd": [("torch", 0.15)],
@@ -70,8 +71,9 @@ def test_ce_ratio_floors(results: dict[str, CaseResult], name: str) -> None:
 def test_inplace_mode(results: dict[str, CaseResult], name: str) -> None:
     r = results[name]
     mine = r.results[ce.INPLACE].median_s
-    # It skips allocating (and faulting in) a gradient buffer; 15% noise margin.
-    assert mine <= 1.15 * r.results[OURS].median_s
+    # It skips allocating a gradient buffer, so it is never slower than the out-of-place mode,
+    # which with huge pages it now merely matches (30% noise margin).
+    assert mine <= 1.3 * r.results[OURS].median_s
     # Measured 3-4.5x torch on the loaded shared 2-core machine (benches/results/ce.json).
     assert r.results[ce.TORCH].median_s / mine >= 1.5
 

@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod element;
 pub mod error;
 pub mod isa;
+pub mod memory;
 pub mod pool;
 
 pub use error::{Error, Result};

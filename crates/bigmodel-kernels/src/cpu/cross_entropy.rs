@@ -555,6 +555,10 @@ pub fn backward<T: CeElement>(p: &CeParams, b: Backward<'_, T>) -> Result<()> {
         lse: b.lse,
         asum: b.asum,
     };
+    if b.input.is_some() {
+        // A separate gradient buffer is usually freshly allocated: fault it in as huge pages.
+        crate::memory::advise_huge_pages(&mut *b.grad_input);
+    }
     if p.inner == 1 {
         rows::backward(&g, b.input, b.grad_input);
     } else {

@@ -7,7 +7,10 @@
 //! `exp(r)`, and `2^n` built directly in the exponent bits. Out-of-range inputs are handled by
 //! selects, never branches: below the smallest normal result the answer is 0 (flushing what
 //! would be subnormal), above the overflow point it is +inf, and NaN stays NaN because every
-//! comparison with NaN is false and the arithmetic then carries it through.
+//! comparison with NaN is false and the arithmetic then carries it through. Products and sums
+//! are fused (`mul_add`): one instruction each inside the AVX2 / AVX-512 wrappers, which have
+//! FMA, and a correctly rounded libm `fma` call on the baseline path, so every path computes the
+//! same values (the baseline path only runs on x86 CPUs older than Haswell, and in tests).
 //!
 //! Reductions keep [`LANES`] independent accumulators: IEEE addition is not associative, so LLVM
 //! will not reorder a single-accumulator sum into vector lanes by itself, but an explicit array
@@ -74,17 +77,17 @@ pub fn exp_f32(x: f32) -> f32 {
     const C2: f32 = -2.121_944_4e-4;
     let xc = if x < LO { LO } else { x };
     let xc = if xc > HI { HI } else { xc };
-    let v = xc * LOG2E + MAGIC;
+    let v = xc.mul_add(LOG2E, MAGIC);
     let n = v - MAGIC;
-    let r = xc - n * C1 - n * C2;
+    let r = n.mul_add(-C2, n.mul_add(-C1, xc));
     // Minimax polynomial of Cephes' expf: exp(r) = 1 + r + r^2 P(r) on |r| <= ln2/2.
     let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let y = (p * r).mul_add(r, r) + 1.0;
     // v's bits are MAGIC's plus n in two's complement; MAGIC's own bits all shift out.
     let scale = f32::from_bits(v.to_bits().wrapping_add(127) << 23);
     let y = y * scale;
@@ -109,9 +112,9 @@ pub fn exp_f64(x: f64) -> f64 {
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let xc = if x < LO { LO } else { x };
     let xc = if xc > HI { HI } else { xc };
-    let v = xc * LOG2E + MAGIC;
+    let v = xc.mul_add(LOG2E, MAGIC);
     let n = v - MAGIC;
-    let r = xc - n * LN2_HI - n * LN2_LO;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
     // Taylor series to degree 13: the remainder r^14/14! < 2e-18 on |r| <= ln2/2.
     const INV_FACT: [f64; 14] = [
         1.0,
@@ -132,10 +135,10 @@ pub fn exp_f64(x: f64) -> f64 {
     let mut p = INV_FACT[13];
     let mut k = 12;
     while k > 0 {
-        p = p * r + INV_FACT[k];
+        p = p.mul_add(r, INV_FACT[k]);
         k -= 1;
     }
-    let y = p * r + 1.0;
+    let y = p.mul_add(r, 1.0);
     let scale = f64::from_bits(v.to_bits().wrapping_add(1023) << 52);
     let y = y * scale;
     let y = if x < LO { 0.0 } else { y };
@@ -146,28 +149,36 @@ pub fn exp_f64(x: f64) -> f64 {
     }
 }
 
-/// Maximum of `x` that propagates NaN (as torch's max does); -inf for an empty slice.
+/// Maximum of `x`, ignoring NaN; -inf for an empty slice or one of only NaN.
+///
+/// The caller need not see NaN here: the row's NaN reaches its log-sum-exp anyway through
+/// `exp(NaN - m)` in the sum that follows, as torch's does. A plain compare-and-select is one
+/// `vmaxps` per vector; propagating NaN would cost a compare, a blend and an `or` besides.
 #[inline(always)]
 pub fn max<T: CeElement>(x: &[T]) -> T::Acc {
+    #[inline(always)]
+    fn gt<A: Real>(m: A, v: A) -> A {
+        if v > m {
+            v
+        } else {
+            m
+        }
+    }
     if x.len() < LANES {
         // Short rows: one accumulator; reducing 32 lanes would cost more than the row.
-        return x.iter().fold(T::NEG_INF, |m, v| m.max_nan(v.load()));
+        return x.iter().fold(T::NEG_INF, |m, v| gt(m, v.load()));
     }
     let mut acc = [T::NEG_INF; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for ch in &mut chunks {
         for l in 0..LANES {
-            acc[l] = acc[l].max_nan(ch[l].load());
+            acc[l] = gt(acc[l], ch[l].load());
         }
     }
     for (l, v) in chunks.remainder().iter().enumerate() {
-        acc[l] = acc[l].max_nan(v.load());
+        acc[l] = gt(acc[l], v.load());
     }
-    let mut m = T::NEG_INF;
-    for a in acc {
-        m = m.max_nan(a);
-    }
-    m
+    acc.into_iter().fold(T::NEG_INF, gt)
 }
 
 /// Sum of the lanes, pairwise (what the vector code would do), for a deterministic order.
@@ -309,8 +320,10 @@ mod tests {
             assert!((sa as f64 - want_sa).abs() <= 1e-4 * want_sa.abs().max(1.0));
             assert_eq!(asum as f64, (n * n.saturating_sub(1) / 2) as f64);
         }
+        // NaN is skipped by the max; the sum that follows carries it into the row's result.
         let mut x = vec![1.0f32; 100];
         x[57] = f32::NAN;
-        assert!(max(&x).is_nan());
+        assert_eq!(max(&x), 1.0);
+        assert!(sum_exp(&x, max(&x)).is_nan());
     }
 }
