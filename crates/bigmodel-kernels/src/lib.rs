@@ -10,6 +10,7 @@ pub mod element;
 pub mod error;
 pub mod isa;
 pub mod memory;
+pub mod openmp;
 pub mod pool;
 
 pub use error::{Error, Result};

@@ -57,7 +57,9 @@ fn build(threads: usize) -> rayon::ThreadPool {
         .expect("a one-thread pool on the current thread needs no spawn")
 }
 
-/// Runs `op` inside the pool of `threads` workers.
+/// Runs `op` inside the pool of `threads` workers, with torch's OpenMP team of the same size
+/// parked meanwhile so that it does not spin on the cores the pool computes on
+/// ([`crate::openmp`]).
 pub fn install<R: Send>(threads: usize, op: impl FnOnce() -> R + Send) -> R {
-    get(threads).install(op)
+    crate::openmp::parked(threads, || get(threads).install(op))
 }

@@ -7,42 +7,15 @@
 
 use crate::errors::to_py;
 use crate::tensors::{inspect, TensorInfo, Unfit};
-use crate::views::slice_mut;
+use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::conv2d::{
     conv2d_backward as backward, conv2d_forward as forward, Conv2dGrads, Conv2dParams, Scratch,
 };
 use bigmodel_kernels::element::{DType, Element};
-use bigmodel_kernels::{pool, Error, Result};
+use bigmodel_kernels::{pool, Result};
 use half::{bf16, f16};
 use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-
-/// A read-only slice over `len` elements of `T` at `ptr`.
-///
-/// # Safety
-/// `ptr` must be the data pointer of a live tensor of at least `len` elements of `T` that nothing
-/// writes while the slice lives.
-unsafe fn slice<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a [T]> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if ptr == 0 || ptr % std::mem::align_of::<T>() != 0 {
-        return Err(Error::Value(format!(
-            "{what}: null or misaligned data pointer {ptr:#x}"
-        )));
-    }
-    if len
-        .checked_mul(std::mem::size_of::<T>())
-        .is_none_or(|b| b > isize::MAX as usize)
-    {
-        return Err(Error::Value(format!(
-            "{what}: {len} elements overflow the address space"
-        )));
-    }
-    // SAFETY: non-null, aligned, size fits in isize (checked above); validity and the absence of
-    // writers for the slice's lifetime are this function's documented precondition.
-    Ok(unsafe { std::slice::from_raw_parts(ptr as *const T, len) })
-}
 
 fn info(t: &Bound<'_, PyAny>, what: &str) -> PyResult<TensorInfo> {
     match inspect(t)? {

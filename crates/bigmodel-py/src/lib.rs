@@ -12,6 +12,7 @@ mod conv2d;
 mod cross_entropy;
 mod cuda;
 mod errors;
+mod max_pool2d;
 mod tensors;
 mod views;
 
@@ -62,6 +63,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?)?;
     m.add_function(wrap_pyfunction!(conv2d::conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d::conv2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool2d::max_pool2d_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool2d::max_pool2d_backward, m)?)?;
     m.add_function(wrap_pyfunction!(attention::attention_forward, m)?)?;
     m.add_function(wrap_pyfunction!(attention::attention_backward, m)?)?;
     cuda::register(m)?;

@@ -41,3 +41,30 @@ pub unsafe fn slice_mut<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a
     // of the memory for the slice's lifetime are this function's documented precondition.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr as *mut T, len) })
 }
+
+/// A read-only slice over `len` elements of `T` at `ptr`.
+///
+/// # Safety
+/// `ptr` must be the data pointer of a live tensor of at least `len` elements of `T` that nothing
+/// writes while the slice lives.
+pub unsafe fn slice<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a [T]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr == 0 || ptr % std::mem::align_of::<T>() != 0 {
+        return Err(Error::Value(format!(
+            "{what}: null or misaligned data pointer {ptr:#x}"
+        )));
+    }
+    if len
+        .checked_mul(std::mem::size_of::<T>())
+        .is_none_or(|b| b > isize::MAX as usize)
+    {
+        return Err(Error::Value(format!(
+            "{what}: {len} elements overflow the address space"
+        )));
+    }
+    // SAFETY: non-null, aligned, size fits in isize (checked above); validity and the absence of
+    // writers for the slice's lifetime are this function's documented precondition.
+    Ok(unsafe { std::slice::from_raw_parts(ptr as *const T, len) })
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import adam, attention, conv2d, cross_entropy, distributed, training
+from . import adam, attention, conv2d, cross_entropy, distributed, pooling, training
 from .harness import Case, CaseResult, format_table, pin_threads, time_case, write_json
 
 #: suite name -> function returning its cases (``quick`` for fewer rounds).
@@ -13,6 +13,7 @@ SUITES: dict[str, Callable[[bool], list[Case]]] = {
     "adam": adam.cases,
     "ce": cross_entropy.cases,
     "conv": conv2d.cases,
+    "pool": pooling.cases,
     "attention": attention.cases,
     "train": training.cases,
     "ddp": distributed.cases,

@@ -32,6 +32,7 @@ def _resolve(name: str, module: str, fallback: Any) -> Any:
 
 
 Conv2d = _resolve("Conv2d", "bigmodel_native.nn", torch.nn.Conv2d)
+MaxPool2d = _resolve("MaxPool2d", "bigmodel_native.nn", torch.nn.MaxPool2d)
 CrossEntropyLoss = _resolve("CrossEntropyLoss", "bigmodel_native.nn", torch.nn.CrossEntropyLoss)
 MultiheadAttention = _resolve("MultiheadAttention", "bigmodel_native.nn", torch.nn.MultiheadAttention)
 cross_entropy = _resolve("cross_entropy", "bigmodel_native.ops", F.cross_entropy)
@@ -53,6 +54,7 @@ __all__ = [
     "IMPLEMENTATIONS",
     "Conv2d",
     "CrossEntropyLoss",
+    "MaxPool2d",
     "MultiheadAttention",
     "cross_entropy",
     "describe",

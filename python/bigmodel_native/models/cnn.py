@@ -2,8 +2,8 @@
 
 Both are the same stack: Conv(c->32, 3x3) - ReLU - MaxPool2 - Conv(32->64, 3x3) - ReLU - MaxPool2 -
 Conv(64->64, 3x3) - ReLU - Flatten - Linear(flat, 64) - ReLU - Linear(64, 10), valid padding. On
-28x28x1 the flattened size is 3*3*64 = 576, on 32x32x3 it is 4*4*64 = 1024. The convolutions come
-from :mod:`._layers` (ours when the package has the kernel); weights start from Keras'
+28x28x1 the flattened size is 3*3*64 = 576, on 32x32x3 it is 4*4*64 = 1024. The convolutions and
+poolings come from :mod:`._layers` (ours when the package has the kernel); weights start from Keras'
 initialisation (see :mod:`.init`).
 """
 
@@ -29,14 +29,14 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, side: int = 28, num_classes: int = 10) -> None:
         super().__init__()
-        conv = _layers.Conv2d
+        conv, pool = _layers.Conv2d, _layers.MaxPool2d
         self.features = nn.Sequential(
             conv(in_channels, 32, 3),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            pool(2),
             conv(32, 64, 3),
             nn.ReLU(),
-            nn.MaxPool2d(2),
+            pool(2),
             conv(64, 64, 3),
             nn.ReLU(),
             nn.Flatten(),

@@ -10,5 +10,6 @@ from __future__ import annotations
 from .attention import MultiheadAttention
 from .conv2d import Conv2d
 from .cross_entropy import CrossEntropyLoss
+from .pooling import MaxPool2d
 
-__all__: list[str] = ["Conv2d", "CrossEntropyLoss", "MultiheadAttention"]
+__all__: list[str] = ["Conv2d", "CrossEntropyLoss", "MaxPool2d", "MultiheadAttention"]
