@@ -10,6 +10,10 @@ also works under torch.compile and ``torch.library.opcheck``.
 
 from __future__ import annotations
 
+# torch first: the extension looks up torch's OpenMP runtime when it is loaded (it parks that
+# team during kernel calls, see crates/bigmodel-kernels/src/openmp.rs).
+import torch  # noqa: F401
+
 from . import _native
 from ._threads import get_num_threads, set_num_threads
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import multiprocessing as mp
+import sys
 
 import bigmodel_native as bn
 import pytest
@@ -341,3 +342,35 @@ def test_many_tensors_in_one_call():
         oa.step()
         ob.step()
     assert _rel_err(a, b) <= 1e-5
+
+
+def test_openmp_team_is_parked_where_torch_uses_libgomp():
+    # torch's Linux wheels run their CPU ops on GNU OpenMP; our calls park that team (see
+    # crates/bigmodel-kernels/src/openmp.rs). Elsewhere the lookup honestly finds nothing.
+    uses_gomp = sys.platform == "linux" and any(
+        "libgomp" in line for line in open("/proc/self/maps").read().splitlines()
+    )
+    assert _native.openmp_parking() == uses_gomp
+
+
+def test_kernels_run_from_other_threads_with_a_parked_team():
+    # A call from a thread other than the one torch's team belongs to gets its own OpenMP team;
+    # several such threads at once must neither hang nor mix their results.
+    import threading
+
+    results: dict[int, float] = {}
+
+    def step(i: int) -> None:
+        p = torch.nn.Parameter(torch.full((200_000,), float(i)))
+        p.grad = torch.ones(200_000)
+        for _ in range(3):
+            Adam([p], lr=0.1).step()
+        results[i] = float(p[0])
+
+    workers = [threading.Thread(target=step, args=(i,)) for i in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert not any(w.is_alive() for w in workers)
+    assert results == pytest.approx({i: i - 0.3 for i in range(3)}, abs=1e-4)

@@ -109,6 +109,15 @@ mod imp {
         }
     }
 
+    /// Looks libgomp up now (the bindings do so at import, in the process that loaded torch,
+    /// so that a forked child, whose libgomp is unusable, is recognised by its pid); whether
+    /// calls will park its team.
+    pub fn detect() -> bool {
+        GOMP.get_or_init(find)
+            .as_ref()
+            .is_some_and(|g| g.pid == std::process::id())
+    }
+
     pub fn parked<R: Send, F: FnOnce() -> R + Send>(team: usize, op: F) -> R {
         let gomp = match GOMP.get_or_init(find) {
             Some(g) if team > 1 && g.pid == std::process::id() => g,
@@ -142,7 +151,13 @@ mod imp {
 }
 
 #[cfg(target_os = "linux")]
-pub use imp::parked;
+pub use imp::{detect, parked};
+
+/// No OpenMP runtime is looked for on this platform.
+#[cfg(not(target_os = "linux"))]
+pub fn detect() -> bool {
+    false
+}
 
 /// Runs `op` directly (no OpenMP runtime to park on this platform).
 #[cfg(not(target_os = "linux"))]

@@ -49,8 +49,19 @@ fn set_isa(name: Option<&str>) -> PyResult<&'static str> {
         .map_err(PyValueError::new_err)
 }
 
+/// Whether kernel calls park torch's OpenMP team (libgomp found in this process; see
+/// `bigmodel_kernels::openmp`).
+#[pyfunction]
+fn openmp_parking() -> bool {
+    bigmodel_kernels::openmp::detect()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // torch (and its libgomp) is loaded before this module; looking it up now ties the parking
+    // to this process, so that forked children run their calls without it.
+    bigmodel_kernels::openmp::detect();
+    m.add_function(wrap_pyfunction!(openmp_parking, m)?)?;
     m.add_function(wrap_pyfunction!(active_isa, m)?)?;
     m.add_function(wrap_pyfunction!(detected_isa, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;
