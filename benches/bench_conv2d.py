@@ -2,13 +2,14 @@
 
 The issue's targets are forward+backward >= 1.5x torch on the two first layers (few input channels,
 where torch's backward is slow), >= 1.0x on the other layers, and forward >= 0.9x everywhere.
-Those targets are missed on a quiet machine (benches/results/conv.json: forward 0.45-0.73x,
-forward+backward 0.54-0.68x on the inner layers, 1.09x and 0.90x on the first two): the gemm
-crate's kernels reach about half of oneDNN's throughput at these shapes. Earlier figures, taken
-while other jobs loaded the machine, flattered us (oneDNN's spinning OpenMP threads suffer more
-from a busy machine). The floors below are gates against regressions, not the targets: they sit
-about a third under the quiet-machine ratios so that noise passes, yet losing the batch-parallel
-plan (about 2x) or the blocked im2col of small images fails.
+On the quiet 2-core AMD EPYC (AVX2) machine (benches/results/conv.json) forward+backward runs at
+2.8x and 1.5x torch on the two first layers and 0.91-0.98x on the others; forward at 0.69-1.05x
+(the first layers' K = 9 / 27 GEMMs are memory-bound, where oneDNN's direct convolution wins).
+Parking torch's OpenMP team during our calls (crates/bigmodel-kernels/src/openmp.rs) lifted every
+ratio by a third: before it, torch's spinning workers took a core from us after each torch call.
+The floors below are gates against regressions, not the targets: they sit well under the
+measured ratios so that noise passes, yet losing the batch-parallel plan (about 2x) or the blocked
+im2col of small images fails.
 """
 
 from __future__ import annotations

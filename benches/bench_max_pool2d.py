@@ -1,8 +1,8 @@
 """max_pool2d benchmark and CI gate: ours vs torch's CPU max_pool2d at the seed CNNs' pooling shapes.
 
 torch's NCHW max pooling walks each window with scalar code; ours is one pass per plane with
-the 2x2 / stride 2 case unrolled. Measured 4-7x torch forward and 1.2-2.5x forward+backward on
-the 2-core AMD EPYC (AVX2) machine (benches/results/pool.json). The floors sit far under those
+the 2x2 / stride 2 case unrolled. Measured 2.8-6.2x torch forward and 1.8-3.1x forward+backward
+on the 2-core AMD EPYC (AVX2) machine (benches/results/pool.json). The floors sit far under those
 ratios so that a noisy machine passes, yet a kernel that fell back to a slow generic loop fails.
 """
 

@@ -1,10 +1,12 @@
 """Training throughput gate: S3 (CNN) and the S6 char-LM on bigmodel_native vs plain torch.
 
-Targets: S3 >= 2x plain torch, char-LM >= 1.3x. With every kernel ours, S3 runs at about 0.6x
-plain torch on a quiet 2-core machine (our conv2d backward is slower than oneDNN's at the middle
-layer) and the char-LM at 1.25-1.55x (attention and cross-entropy are faster than torch's). The
-floors are regression gates about a quarter under those ratios; the measured ratios and which
-building blocks were ours are recorded in benches/results/train.json.
+Targets: S3 >= 2x plain torch, char-LM >= 1.3x. With every kernel ours (conv2d, max-pooling,
+cross-entropy, Adam), S3 runs at about 1.27x plain torch on the quiet 2-core AMD EPYC (AVX2) and
+the char-LM at 1.4x (benches/results/train.json). Two changes lifted S3 from 0.6-0.7x: our
+max-pooling (torch's NCHW one costs as much as a convolution) and parking torch's OpenMP team
+during our calls (its workers otherwise spin on our cores for milliseconds after every torch op).
+The floors are regression gates well under those ratios (losing the parking alone drops S3 to
+about 0.7x); the measured ratios and which building blocks were ours are recorded in train.json.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 from bigmodel_native.benchmarks import training
 from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, time_case, write_json
 
-FLOORS = {"s3": 0.45, "lm": 0.95}
+FLOORS = {"s3": 0.8, "lm": 0.95}
 
 
 @pytest.fixture(scope="module")
