@@ -187,8 +187,6 @@ def test_bad_inputs():
         sdpa(q, k, v, dropout_p=1.5)
     with pytest.raises(RuntimeError, match="at least 2 dimensional"):
         sdpa(q[0, 0, 0], k, v)
-    with pytest.raises(NotImplementedError, match="attn_mask"):
-        sdpa(q, k, v, attn_mask=torch.zeros(4, 4, requires_grad=True))
     with pytest.raises(RuntimeError):
         sdpa(q.int(), k.int(), v.int())
 
@@ -220,6 +218,46 @@ def test_opcheck_and_gradcheck():
     )
     torch.library.opcheck(torch.ops.bigmodel_native.sdpa_flash_backward, bwd_args)
     assert torch.autograd.gradcheck(lambda a, b, c: sdpa(a, b, c, is_causal=True), (q[:, :2], k, v))
+
+
+@pytest.mark.parametrize(
+    "mask_shape",
+    [(5, 7), (2, 1, 1, 7), (1, 4, 5, 7), (2, 4, 5, 7), (4, 1, 7), (1, 1, 5, 1)],
+    ids=str,
+)
+@pytest.mark.parametrize("gqa", [False, True])
+def test_float_mask_gradient_matches_torch(mask_shape, gqa):
+    # A learned additive bias (relative positions, ALiBi slopes): its gradient is the scores'
+    # gradient summed over the dimensions the mask broadcasts along.
+    g = torch.Generator().manual_seed(0)
+    hk = 2 if gqa else 4
+    q = torch.randn(2, 4, 5, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, hk, 7, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, hk, 7, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(mask_shape, generator=g, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)
+    kw = {"attn_mask": m, "scale": 0.4, "enable_gqa": gqa}
+    ours = torch.autograd.grad(sdpa(q, k, v, **kw), (q, k, v, m), gy)
+    ref = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, **kw), (q, k, v, m), gy)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_float_mask_gradient_low_precision_and_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 6, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(2, 6, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b: sdpa(q, k, v, attn_mask=b), (bias,))
+    # float32 queries with a float32 mask (a bf16 query would take a float32 or bf16 mask the same way).
+    b32 = bias.detach().float().requires_grad_()
+    (ours,) = torch.autograd.grad(sdpa(q.float(), k.float(), v.float(), attn_mask=b32).sum(), b32)
+    (ref,) = torch.autograd.grad(
+        F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=b32).sum(), b32
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    out, lse = torch.ops.bigmodel_native.sdpa_flash(q, k, v, bias.detach()[None], 0.3, False, 0.0, 0)
+    args = (torch.randn_like(out), q, k, v, out, lse, bias.detach()[None], 0.3, False, 0.0, 0)
+    torch.library.opcheck(torch.ops.bigmodel_native.sdpa_flash_mask_backward, args)
 
 
 def _mha_pair(**kw):

@@ -302,9 +302,10 @@ fn fwd<T: AttnElement>(
     }
 }
 
-/// Backward pass: fills `dq`, `dk`, `dv`.
+/// Backward pass: fills `dq`, `dk`, `dv`, and `grad_scores` if given (`B * Hq * L * S` in the
+/// arithmetic dtype: the gradient of an additive mask before its broadcast dimensions are summed).
 #[pyfunction]
-#[pyo3(signature = (q, k, v, out, lse, grad_out, dq, dk, dv, mask, mask_kind, mask_dims, shape, scale, causal, dropout_p, seed, num_threads))]
+#[pyo3(signature = (q, k, v, out, lse, grad_out, dq, dk, dv, mask, mask_kind, mask_dims, shape, scale, causal, dropout_p, seed, num_threads, grad_scores=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     py: Python<'_>,
@@ -326,6 +327,7 @@ pub fn attention_backward(
     dropout_p: f64,
     seed: u64,
     num_threads: usize,
+    grad_scores: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let t = [
         info(q, "query")?,
@@ -367,7 +369,17 @@ pub fn attention_backward(
                 1
             },
     ));
-    check_disjoint(&spans[..3], &spans).map_err(to_py)?;
+    let ds = grad_scores.map(|g| info(g, "grad_scores")).transpose()?;
+    if let Some(g) = &ds {
+        if g.dtype != acc_dtype(d) {
+            return Err(PyRuntimeError::new_err(
+                "attention backward: grad_scores must have the arithmetic dtype (float64 for float64 inputs, else float32)",
+            ));
+        }
+        spans.insert(3, span(g.ptr, g.numel * g.dtype.size_of()));
+    }
+    let written = if ds.is_some() { 4 } else { 3 };
+    check_disjoint(&spans[..written], &spans).map_err(to_py)?;
     let params = Params {
         scale,
         causal,
@@ -377,10 +389,10 @@ pub fn attention_backward(
     let shape = shape_of(shape);
     let run = || -> Result<()> {
         match d {
-            DType::F32 => bwd::<f32>(&shape, &params, &t, li, &m, d),
-            DType::F64 => bwd::<f64>(&shape, &params, &t, li, &m, d),
-            DType::BF16 => bwd::<bf16>(&shape, &params, &t, li, &m, d),
-            DType::F16 => bwd::<f16>(&shape, &params, &t, li, &m, d),
+            DType::F32 => bwd::<f32>(&shape, &params, &t, li, &m, d, ds),
+            DType::F64 => bwd::<f64>(&shape, &params, &t, li, &m, d, ds),
+            DType::BF16 => bwd::<bf16>(&shape, &params, &t, li, &m, d, ds),
+            DType::F16 => bwd::<f16>(&shape, &params, &t, li, &m, d, ds),
         }
     };
     py.detach(|| pool::install(num_threads, run)).map_err(to_py)
@@ -393,10 +405,12 @@ fn bwd<T: AttnElement>(
     l: TensorInfo,
     m: &MaskArg,
     d: DType,
+    ds: Option<TensorInfo>,
 ) -> Result<()> {
     let [q, k, v, o, go, dq, dk, dv] = *t;
     // SAFETY: as in `fwd`: live contiguous CPU tensors of the checked dtypes held by the caller;
-    // the three gradient outputs overlap nothing else (checked above); the rest is only read.
+    // the gradient outputs (three, or four with grad_scores, whose dtype is the arithmetic one)
+    // overlap nothing else (checked above); the rest is only read.
     unsafe {
         let x = BackwardInputs::<T> {
             q: slice_ref(q.ptr, q.numel, "query")?,
@@ -414,6 +428,10 @@ fn bwd<T: AttnElement>(
             slice_mut(dq.ptr, dq.numel, "grad_query")?,
             slice_mut(dk.ptr, dk.numel, "grad_key")?,
             slice_mut(dv.ptr, dv.numel, "grad_value")?,
+            match ds {
+                Some(g) => Some(slice_mut(g.ptr, g.numel, "grad_scores")?),
+                None => None,
+            },
         )
     }
 }

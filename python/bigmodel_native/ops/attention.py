@@ -22,7 +22,9 @@ the op's layout. Dtypes: float32, float64, bfloat16 and float16 (the last two co
 float32). CUDA tensors run the kernels of ``attention_cuda.py`` (tensor cores for bf16 / fp16
 with head dim 64 or 128). Not supported (``NotImplementedError``, never a silent fallback): devices
 other than CPU and CUDA, float64 or head dims above 256 on CUDA, gradients with respect to a float
-``attn_mask``, head dimension 0.
+``attn_mask`` on CUDA, head dimension 0. On CPU a float ``attn_mask`` that requires grad gets its
+gradient from the backward kernel (``sdpa_flash_mask_backward``), at the cost of one L x S
+matrix per head during that backward.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ LIB.define(
 LIB.define(
     f"{_BWD}(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? mask, "
     "float scale, bool is_causal, float dropout_p, int seed) -> (Tensor, Tensor, Tensor)"
+)
+_BWD_MASK = "sdpa_flash_mask_backward"
+LIB.define(
+    f"{_BWD_MASK}(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor mask, "
+    "float scale, bool is_causal, float dropout_p, int seed) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 
 _SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -146,6 +153,51 @@ def _sdpa_flash_backward_fake(grad_out, q, k, v, out, lse, mask, scale, is_causa
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
+def _sdpa_flash_mask_backward_cpu(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    mask: Tensor,
+    scale: float,
+    is_causal: bool,
+    dropout_p: float,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The backward with the gradient of an additive (float) mask as a fourth result.
+
+    The kernel writes the scores' gradient dS = P (dP - Delta) for every (batch, head, query,
+    key), one L x S matrix per head (the one place this op holds one, and only when the mask
+    requires a gradient); it is then summed over the compact mask's broadcast dimensions.
+    """
+    if mask.dtype == torch.bool or mask.dim() != 4:
+        raise RuntimeError(f"{_BWD_MASK}: the mask must be a 4-D additive (float) mask")
+    shape = _shape(q, k, v)
+    b, hq, _, lq, lk, _, _ = shape
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if grad_out.shape != out.shape:
+        raise RuntimeError(
+            f"{_BWD_MASK}: grad_out shape {tuple(grad_out.shape)} != out shape {tuple(out.shape)}"
+        )
+    ds = torch.zeros((b, hq, lq, lk), dtype=_acc_dtype(q.dtype))
+    if out.numel() == 0 or ds.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_(), mask.new_zeros(mask.shape)
+    kind, dims = _mask_args(mask)
+    m = mask.contiguous()
+    _native.attention_backward(
+        q, k, v, out.contiguous(), lse.contiguous(), grad_out.contiguous().to(q.dtype), dq, dk, dv,
+        m, kind, dims, shape, scale, is_causal, dropout_p, seed, get_num_threads(), grad_scores=ds,
+    )  # fmt: skip
+    return dq, dk, dv, ds.sum_to_size(mask.shape).to(mask.dtype)
+
+
+def _sdpa_flash_mask_backward_fake(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed):  # type: ignore[no-untyped-def]
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(mask)
+
+
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     q, k, v, mask, scale, is_causal, dropout_p, seed = inputs
     out, lse = output
@@ -156,12 +208,19 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
 
 def _backward(ctx, grad_out, _grad_lse):  # type: ignore[no-untyped-def]
     q, k, v, out, lse, mask = ctx.saved_tensors
+    if mask is not None and mask.dtype != torch.bool and ctx.needs_input_grad[3]:
+        dq, dk, dv, dmask = torch.ops.bigmodel_native.sdpa_flash_mask_backward(
+            grad_out, q, k, v, out, lse, mask, *ctx.params
+        )
+        return dq, dk, dv, dmask, None, None, None, None
     dq, dk, dv = torch.ops.bigmodel_native.sdpa_flash_backward(grad_out, q, k, v, out, lse, mask, *ctx.params)
     return dq, dk, dv, None, None, None, None, None
 
 
 LIB.impl(_FWD, _sdpa_flash_cpu, "CPU")
 LIB.impl(_BWD, _sdpa_flash_backward_cpu, "CPU")
+LIB.impl(_BWD_MASK, _sdpa_flash_mask_backward_cpu, "CPU")
+torch.library.register_fake(f"bigmodel_native::{_BWD_MASK}", _sdpa_flash_mask_backward_fake, lib=LIB)
 torch.library.register_fake(f"bigmodel_native::{_FWD}", _sdpa_flash_fake, lib=LIB)
 torch.library.register_fake(f"bigmodel_native::{_BWD}", _sdpa_flash_backward_fake, lib=LIB)
 torch.library.register_autograd(f"bigmodel_native::{_FWD}", _backward, setup_context=_setup_context, lib=LIB)
@@ -220,10 +279,10 @@ def _check_inputs(
             raise RuntimeError(
                 "_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True"
             )
-        if attn_mask.requires_grad and torch.is_grad_enabled():
+        if attn_mask.requires_grad and torch.is_grad_enabled() and attn_mask.is_cuda:
             raise NotImplementedError(
                 "bigmodel_native scaled_dot_product_attention: gradients with respect to attn_mask "
-                "are not implemented; pass attn_mask.detach()"
+                "run on CPU tensors only; on CUDA pass attn_mask.detach()"
             )
     if not 0.0 <= dropout_p <= 1.0:
         raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")

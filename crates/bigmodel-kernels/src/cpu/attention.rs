@@ -247,7 +247,10 @@ pub struct BackwardInputs<'a, T: crate::element::Element> {
     pub grad_out: &'a [T],
 }
 
-/// Backward pass: fills `dq`, `dk`, `dv` (shaped like q, k, v). Runs on the current rayon pool.
+/// Backward pass: fills `dq`, `dk`, `dv` (shaped like q, k, v) and, if given, `d_scores`
+/// (`B * Hq * L * S` in the arithmetic type: the gradient of an additive mask, before summing
+/// over its broadcast dimensions). Runs on the current rayon pool.
+#[allow(clippy::too_many_arguments)]
 pub fn backward<T: AttnElement>(
     shape: &Shape,
     params: &Params,
@@ -256,6 +259,7 @@ pub fn backward<T: AttnElement>(
     dq: &mut [T],
     dk: &mut [T],
     dv: &mut [T],
+    d_scores: Option<&mut [T::Acc]>,
 ) -> Result<()> {
     let p = plan(shape, params, mask)?;
     let s = shape;
@@ -272,6 +276,13 @@ pub fn backward<T: AttnElement>(
     check_len("grad_query", dq.len(), nq)?;
     check_len("grad_key", dk.len(), nk)?;
     check_len("grad_value", dv.len(), nv)?;
+    if let Some(ds) = d_scores.as_deref() {
+        check_len(
+            "grad_scores",
+            ds.len(),
+            s.numel(s.heads_q, s.len_q, s.len_kv)?,
+        )?;
+    }
     let saved = backward::Saved {
         q: x.q,
         k: x.k,
@@ -280,7 +291,13 @@ pub fn backward<T: AttnElement>(
         lse: x.lse,
         grad_out: x.grad_out,
     };
-    backward::run(&p, &saved, backward::Grads { dq, dk, dv });
+    let grads = backward::Grads {
+        dq,
+        dk,
+        dv,
+        scores: d_scores,
+    };
+    backward::run(&p, &saved, grads);
     Ok(())
 }
 

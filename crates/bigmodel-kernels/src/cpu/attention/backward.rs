@@ -17,11 +17,55 @@ use crate::dispatch_isa;
 use crate::element::{Element, Real};
 use rayon::prelude::*;
 
-/// Gradients of q, k, v: `dq` like q, `dk` like k, `dv` like v (kv heads already grouped).
-pub(super) struct Grads<'a, T> {
+/// Gradients of q, k, v: `dq` like q, `dk` like k, `dv` like v (kv heads already grouped), and
+/// optionally of the scores, `(B * Hq, L, S)` in the arithmetic type: the gradient of an additive
+/// mask before it is summed over the mask's broadcast dimensions.
+pub(super) struct Grads<'a, T: Element> {
     pub dq: &'a mut [T],
     pub dk: &'a mut [T],
     pub dv: &'a mut [T],
+    pub scores: Option<&'a mut [T::Acc]>,
+}
+
+/// The scores' gradient, written tile by tile by the key-chunk tasks through a shared pointer.
+struct ScoreSink<R> {
+    ptr: *mut R,
+    len: usize,
+    len_q: usize,
+    len_kv: usize,
+}
+
+// SAFETY: the sink is only written through `write`, whose callers write disjoint elements (see
+// there); R itself is a plain float.
+unsafe impl<R: Send> Send for ScoreSink<R> {}
+// SAFETY: as above.
+unsafe impl<R: Send> Sync for ScoreSink<R> {}
+
+impl<R: Copy> ScoreSink<R> {
+    /// Stores the `rows x cols` tile (row stride `rs`) at rows `row0..`, columns `col0..` of
+    /// query head `bh`.
+    ///
+    /// # Safety
+    /// No other thread may access those elements meanwhile. The key-chunk tasks guarantee it:
+    /// element (bh, i, j) belongs to the one task that owns key j of bh's kv head, and that task
+    /// visits each (bh, query tile) once.
+    unsafe fn write(
+        &self,
+        bh: usize,
+        row0: usize,
+        col0: usize,
+        tile: (usize, usize, usize),
+        src: &[R],
+    ) {
+        let (rows, cols, rs) = tile;
+        for r in 0..rows {
+            let start = (bh * self.len_q + row0 + r) * self.len_kv + col0;
+            assert!(start + cols <= self.len && r * rs + cols <= src.len());
+            // SAFETY: in bounds (asserted); exclusive by this function's contract.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), cols) };
+            dst.copy_from_slice(&src[r * rs..r * rs + cols]);
+        }
+    }
 }
 
 /// The forward's inputs and results that the backward reads.
@@ -34,8 +78,12 @@ pub(super) struct Saved<'a, T: Element> {
     pub grad_out: &'a [T],
 }
 
-pub(super) fn run<T: AttnElement>(plan: &Plan<'_, T::Acc>, x: &Saved<'_, T>, g: Grads<'_, T>) {
+pub(super) fn run<T: AttnElement>(plan: &Plan<'_, T::Acc>, x: &Saved<'_, T>, mut g: Grads<'_, T>) {
     let sh = plan.shape;
+    // Entries no tile reaches (causal tiles skipped, empty sequences) have a zero gradient.
+    if let Some(s) = g.scores.as_deref_mut() {
+        s.fill(T::Acc::ZERO);
+    }
     if sh.batch * sh.heads_kv == 0 {
         return;
     }
@@ -65,6 +113,13 @@ pub(super) fn run<T: AttnElement>(plan: &Plan<'_, T::Acc>, x: &Saved<'_, T>, g: 
     let chunk_rows = tiles.div_ceil(chunks) * plan.block_kv;
     let chunks = sh.len_kv.div_ceil(chunk_rows);
     let delta = &delta;
+    let sink = g.scores.map(|s| ScoreSink {
+        ptr: s.as_mut_ptr(),
+        len: s.len(),
+        len_q: lq,
+        len_kv: sh.len_kv,
+    });
+    let sink = sink.as_ref();
     let partials: Vec<Vec<T::Acc>> =
         g.dk.par_chunks_mut(sh.len_kv * d)
             .zip(g.dv.par_chunks_mut(sh.len_kv * dv))
@@ -75,7 +130,7 @@ pub(super) fn run<T: AttnElement>(plan: &Plan<'_, T::Acc>, x: &Saved<'_, T>, g: 
                     .zip(dv_head.par_chunks_mut(chunk_rows * dv))
                     .enumerate()
                     .map(move |(c, (dk_c, dv_c))| {
-                        key_chunk(plan, x, delta, bhk, c * chunk_rows, dk_c, dv_c)
+                        key_chunk(plan, x, delta, sink, bhk, c * chunk_rows, dk_c, dv_c)
                     })
             })
             .collect();
@@ -107,10 +162,12 @@ struct Scratch<R> {
 
 /// dK, dV of keys `[key0, key0 + dk_c.len() / d)` of kv head `bhk`; returns this chunk's dQ
 /// contribution for the query heads of the group, (group, L, D).
+#[allow(clippy::too_many_arguments)]
 fn key_chunk<T: AttnElement>(
     plan: &Plan<'_, T::Acc>,
     x: &Saved<'_, T>,
     delta: &[T::Acc],
+    sink: Option<&ScoreSink<T::Acc>>,
     bhk: usize,
     key0: usize,
     dk_c: &mut [T],
@@ -215,6 +272,11 @@ fn key_chunk<T: AttnElement>(
                 );
                 let dl = &delta[bh * lq + row0..bh * lq + row0 + rows];
                 grad_scores::<T::Acc>(&sc.p, &mut sc.dp, bc, rows, cols, dl);
+                if let Some(sink) = sink {
+                    // SAFETY: this task owns keys col0..col0 + cols of head bh's kv head and
+                    // visits (bh, row0) once (see `ScoreSink::write`).
+                    unsafe { sink.write(bh, row0, col0, (rows, cols, bc), &sc.dp) };
+                }
                 // dQ += scale dS K ; dK += scale dS^T Q
                 let dq_off = (gi * lq + row0) * d;
                 matmul(

@@ -126,7 +126,7 @@ fn run_case<T: AttnElement>(c: &Case, to: impl Fn(f64) -> T, from: impl Fn(T) ->
         lse: &lse,
         grad_out: &got,
     };
-    backward(&s, &c.params, x, mask, &mut dq, &mut dk, &mut dv).unwrap();
+    backward(&s, &c.params, x, mask, &mut dq, &mut dk, &mut dv, None).unwrap();
     for (name, got, want) in [
         ("out", &out, &want[0]),
         ("dq", &dq, &want[1]),
