@@ -258,6 +258,7 @@ def test_opcheck_backward_ops():
     p = torch.softmax(torch.randn(6, 5, dtype=torch.float64), 1)
     _, lse, asum, tw = OPS.cross_entropy_forward(x.detach(), p, w, red, -100, ls)
     torch.library.opcheck(OPS.cross_entropy_target_backward, (g, x.detach(), w, lse, tw, red, ls))
+    torch.library.opcheck(OPS.cross_entropy_weight_backward, (g, x.detach(), p, lse, tw, red, ls))
     torch.library.opcheck(
         OPS.cross_entropy_backward_, (g, x.detach().clone(), p, w, lse, asum, tw, red, -100, ls)
     )
@@ -270,6 +271,29 @@ def test_gradcheck_float64(i):
     inputs = (x, t) if not t.is_floating_point() else (x, t)
     fn = lambda x, t: cross_entropy(x, t, weight=w, ignore_index=ii, reduction=reduction, label_smoothing=ls)  # noqa: E731
     assert torch.autograd.gradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (5,), (3, 4, 2, 3)], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+def test_weight_gradient_with_probability_targets(shape, reduction, label_smoothing):
+    # torch differentiates the class weights when the targets are probabilities (with class
+    # indices it refuses, and so do we: see test_bad_inputs).
+    g = torch.Generator().manual_seed(0)
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(shape, generator=g, dtype=torch.float64).softmax(0 if len(shape) == 1 else 1)
+    w = (torch.rand(classes, generator=g, dtype=torch.float64) + 0.5).requires_grad_()
+    kw = {"reduction": reduction, "label_smoothing": label_smoothing}
+    ours = cross_entropy(x, t, w, **kw)
+    ref = F.cross_entropy(x, t, w, **kw)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(ours, (x, w), gy), torch.autograd.grad(ref, (x, w), gy), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # Only the weight requiring grad still builds a graph; gradcheck covers the float64 kernel.
+    (gw,) = torch.autograd.grad(cross_entropy(x.detach(), t, w, **kw).sum(), w)
+    torch.testing.assert_close(gw, torch.autograd.grad(F.cross_entropy(x.detach(), t, w, **kw).sum(), w)[0])
+    assert torch.autograd.gradcheck(lambda w_: cross_entropy(x.detach(), t, w_, **kw), (w,))
 
 
 def test_module_is_a_drop_in():

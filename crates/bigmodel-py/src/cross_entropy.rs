@@ -11,8 +11,8 @@
 use crate::errors::to_py;
 use crate::tensors::{inspect, TensorInfo, Unfit};
 use bigmodel_kernels::cpu::cross_entropy::{
-    backward, forward, math::CeElement, target_backward, Backward, CeParams, Forward, Reduction,
-    Target,
+    backward, forward, math::CeElement, target_backward, weight_backward, Backward, CeParams,
+    Forward, Reduction, Target,
 };
 use bigmodel_kernels::element::DType;
 use bigmodel_kernels::{pool, Error, Result};
@@ -523,6 +523,77 @@ fn run_target_backward<T: CeElement>(p: &CeParams, b: [Buf; 6], has_w: bool) -> 
             view(e, "lse")?,
             view(tw, "total_weight")?,
             view_mut(gt, "grad_target")?,
+        )
+    }
+}
+
+/// Writes the gradient with respect to the class weights (probability targets) into
+/// `grad_weight`.
+#[pyfunction]
+#[pyo3(signature = (
+    grad_output, input, target, lse, total_weight, grad_weight, *,
+    outer, classes, inner, reduction, label_smoothing, num_threads
+))]
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_weight_backward(
+    py: Python<'_>,
+    grad_output: &Bound<'_, PyAny>,
+    input: &Bound<'_, PyAny>,
+    target: &Bound<'_, PyAny>,
+    lse: &Bound<'_, PyAny>,
+    total_weight: &Bound<'_, PyAny>,
+    grad_weight: &Bound<'_, PyAny>,
+    outer: usize,
+    classes: usize,
+    inner: usize,
+    reduction: i64,
+    label_smoothing: f64,
+    num_threads: usize,
+) -> PyResult<()> {
+    let p = params(outer, classes, inner, reduction, -100, label_smoothing)?;
+    let gw = float_buf(grad_weight, "grad_weight")?;
+    let go = float_buf(grad_output, "grad_output")?;
+    let x = float_buf(input, "input")?;
+    let t = float_buf(target, "target")?;
+    let (e, tw) = (
+        float_buf(lse, "lse")?,
+        float_buf(total_weight, "total_weight")?,
+    );
+    let dtype = x.dtype.unwrap();
+    check_dtypes(
+        dtype,
+        &[("grad_output", go), ("target", t), ("grad_weight", gw)],
+        &[("lse", e), ("total_weight", tw)],
+    )?;
+    check_disjoint(
+        &[("grad_weight", gw)],
+        &[
+            ("grad_output", go),
+            ("input", x),
+            ("target", t),
+            ("lse", e),
+            ("total_weight", tw),
+        ],
+    )?;
+    let bufs = [go, x, t, e, tw, gw];
+    on_pool(py, &p, num_threads, || {
+        by_dtype!(dtype, run_weight_backward, &p, bufs)
+    })
+    .map_err(to_py)
+}
+
+fn run_weight_backward<T: CeElement>(p: &CeParams, b: [Buf; 6]) -> Result<()> {
+    let [go, x, t, e, tw, gw] = b;
+    // SAFETY: as in `run_forward`; grad_weight, the only buffer written, overlaps no other.
+    unsafe {
+        weight_backward::<T>(
+            p,
+            view(go, "grad_output")?,
+            view(x, "input")?,
+            view(t, "target")?,
+            view(e, "lse")?,
+            view(tw, "total_weight")?,
+            view_mut(gw, "grad_weight")?,
         )
     }
 }

@@ -72,6 +72,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         cross_entropy::cross_entropy_target_backward,
         m
     )?)?;
+    m.add_function(wrap_pyfunction!(
+        cross_entropy::cross_entropy_weight_backward,
+        m
+    )?)?;
     m.add_function(wrap_pyfunction!(conv2d::conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d::conv2d_backward, m)?)?;
     m.add_function(wrap_pyfunction!(max_pool2d::max_pool2d_forward, m)?)?;

@@ -15,7 +15,8 @@ Ops (``torch.ops.bigmodel_native.*``), each with a fake kernel:
 
 - ``cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing)
   -> (loss, lse, asum, total_weight)``, differentiable through ``register_autograd``;
-- ``cross_entropy_backward(...) -> grad_input`` and ``cross_entropy_target_backward(...)``;
+- ``cross_entropy_backward(...) -> grad_input``, ``cross_entropy_target_backward(...)`` and, for
+  class weights that require grad under probability targets, ``cross_entropy_weight_backward(...)``;
 - ``cross_entropy_backward_(...)``: the in-place backward, which overwrites the logits with
   their gradient (see :func:`cross_entropy_inplace_backward`).
 """
@@ -54,6 +55,10 @@ LIB.define(
 )
 LIB.define(
     "cross_entropy_target_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor lse, "
+    "Tensor total_weight, int reduction, float label_smoothing) -> Tensor"
+)
+LIB.define(
+    "cross_entropy_weight_backward(Tensor grad_output, Tensor input, Tensor target, Tensor lse, "
     "Tensor total_weight, int reduction, float label_smoothing) -> Tensor"
 )
 
@@ -230,14 +235,40 @@ def _target_backward_fake(grad_output: Tensor, input: Tensor, *args: object) -> 
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
+def _weight_backward_cpu(
+    grad_output: Tensor,
+    input: Tensor,
+    target: Tensor,
+    lse: Tensor,
+    total_weight: Tensor,
+    reduction: int,
+    label_smoothing: float,
+) -> Tensor:
+    if not target.is_floating_point() or target.shape != input.shape:
+        raise RuntimeError("cross_entropy_weight_backward: the target must hold class probabilities")
+    _, classes, _ = _layout(input)
+    grad_weight = torch.empty(classes, dtype=input.dtype)
+    _native.cross_entropy_weight_backward(
+        grad_output.contiguous(), input.contiguous(), target.contiguous(), lse.contiguous(),
+        total_weight.contiguous(), grad_weight, **_kw(input, reduction, label_smoothing),
+    )  # fmt: skip
+    return grad_weight
+
+
+def _weight_backward_fake(grad_output: Tensor, input: Tensor, *args: object) -> Tensor:
+    return input.new_empty(input.shape[0] if input.dim() == 1 else input.shape[1])
+
+
 LIB.impl("cross_entropy_forward", _forward_cpu, "CPU")
 LIB.impl("cross_entropy_backward", _backward_cpu, "CPU")
 LIB.impl("cross_entropy_backward_", _backward_inplace_cpu, "CPU")
 LIB.impl("cross_entropy_target_backward", _target_backward_cpu, "CPU")
+LIB.impl("cross_entropy_weight_backward", _weight_backward_cpu, "CPU")
 torch.library.register_fake("bigmodel_native::cross_entropy_forward", _forward_fake, lib=LIB)
 torch.library.register_fake("bigmodel_native::cross_entropy_backward", _backward_fake, lib=LIB)
 torch.library.register_fake("bigmodel_native::cross_entropy_backward_", _backward_inplace_fake, lib=LIB)
 torch.library.register_fake("bigmodel_native::cross_entropy_target_backward", _target_backward_fake, lib=LIB)
+torch.library.register_fake("bigmodel_native::cross_entropy_weight_backward", _weight_backward_fake, lib=LIB)
 
 
 # ----------------------------------------------------------------------------- autograd
@@ -281,7 +312,11 @@ def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     if ctx.needs_input_grad[1]:
         args = (grad_loss, input, weight, lse, total_weight, reduction, label_smoothing)
         grad_target = (_target_backward_cpu if direct else OPS.cross_entropy_target_backward)(*args)
-    return grad_input, grad_target, None, None, None, None, None
+    grad_weight = None
+    if ctx.needs_input_grad[2]:  # only reachable with probability targets (see _check)
+        args = (grad_loss, input, target, lse, total_weight, reduction, label_smoothing)
+        grad_weight = (_weight_backward_cpu if direct else OPS.cross_entropy_weight_backward)(*args)
+    return grad_input, grad_target, grad_weight, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -352,11 +387,6 @@ def _check(
         if label_smoothing > 1.0:
             raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
         _check_weight(weight, classes)
-        if weight is not None and weight.requires_grad and torch.is_grad_enabled():
-            raise NotImplementedError(
-                "bigmodel_native.ops.cross_entropy: the gradient with respect to weight is not implemented; "
-                "pass weight.detach() or use torch.nn.functional.cross_entropy"
-            )
         dtype = torch.promote_types(input.dtype, target.dtype)
         if weight is not None:
             dtype = torch.promote_types(dtype, weight.dtype)
@@ -452,7 +482,10 @@ def _run(
     args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
     if not skips_dispatcher(input, target, weight):
         return OPS.cross_entropy_forward(*args)[0]
-    if torch.is_grad_enabled() and (input.requires_grad or target.requires_grad):
+    differentiable = (
+        input.requires_grad or target.requires_grad or (weight is not None and weight.requires_grad)
+    )
+    if torch.is_grad_enabled() and differentiable:
         return _CrossEntropy.apply(*args)[0]
     return _kernel("cross_entropy_forward", input)(*args)[0]
 

@@ -52,7 +52,7 @@ use crate::element::Real;
 use crate::error::{Error, Result};
 use math::CeElement;
 use rayon::prelude::*;
-pub use target::target_backward;
+pub use target::{target_backward, weight_backward};
 
 /// Elements of a row read per step of the online maximum (16 KB of f32: stays in L1).
 pub const BLOCK: usize = 4096;

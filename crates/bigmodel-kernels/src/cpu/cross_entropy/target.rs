@@ -1,4 +1,5 @@
-//! The gradient with respect to probability targets (torch differentiates those too).
+//! Gradients that exist only with probability targets (torch differentiates both): with respect
+//! to the targets themselves, and with respect to the class weights.
 
 use super::*;
 
@@ -58,6 +59,75 @@ pub fn target_backward<T: CeElement>(
             .par_chunks_mut(c * d)
             .enumerate()
             .for_each(per_sample);
+    }
+    Ok(())
+}
+
+/// Gradient with respect to the class weights under probability targets:
+/// `sum_r g_r t'_rc (lse_r - x_rc)`, with `t' = (1 - ls) t + ls / C` the smoothed target.
+///
+/// Samples are cut into a fixed number of blocks (from the sizes alone, not the thread count);
+/// each block sums its rows into a partial per class, in f64, and the partials are added in block
+/// order, so the result does not depend on scheduling.
+#[allow(clippy::too_many_arguments)]
+pub fn weight_backward<T: CeElement>(
+    p: &CeParams,
+    grad_output: &[T],
+    input: &[T],
+    target: &[T],
+    lse: &[T::Acc],
+    total_weight: &[T::Acc],
+    grad_weight: &mut [T],
+) -> Result<()> {
+    let (rows, numel, ls) = (p.rows()?, p.numel()?, p.smoothing()?);
+    let per_row = p.reduction == Reduction::None;
+    if input.len() != numel
+        || target.len() != numel
+        || grad_weight.len() != p.classes
+        || lse.len() != rows
+        || total_weight.len() != 1
+        || grad_output.len() != if per_row { rows } else { 1 }
+    {
+        return Err(Error::Shape(
+            "cross_entropy weight backward: buffers have the wrong sizes".into(),
+        ));
+    }
+    let (c, d) = (p.classes, p.inner);
+    let up = Upstream {
+        per_row,
+        scale: match p.reduction {
+            Reduction::None => <T::Acc as Real>::ZERO,
+            Reduction::Sum => grad_output[0].load(),
+            Reduction::Mean => grad_output[0].load() / total_weight[0],
+        },
+    };
+    let (keep, add) = (1.0 - ls, if c > 0 { ls / c as f64 } else { 0.0 });
+    let sample = c * d;
+    let per_block = TASK_ELEMS.div_ceil(sample.max(1)).max(1);
+    let partial = |n0: usize| {
+        let mut acc = vec![0.0f64; c];
+        for n in n0..(n0 + per_block).min(p.outer) {
+            for (ci, a) in acc.iter_mut().enumerate() {
+                let base = (n * c + ci) * d;
+                for k in 0..d {
+                    let r = n * d + k;
+                    let t = keep * target[base + k].load().to_f64() + add;
+                    let lp = (lse[r] - input[base + k].load()).to_f64();
+                    *a += up.of(grad_output, r).to_f64() * t * lp;
+                }
+            }
+        }
+        acc
+    };
+    let starts: Vec<usize> = (0..p.outer).step_by(per_block).collect();
+    let parts: Vec<Vec<f64>> = if p.is_serial() {
+        starts.iter().map(|&n0| partial(n0)).collect()
+    } else {
+        starts.par_iter().map(|&n0| partial(n0)).collect()
+    };
+    for (ci, g) in grad_weight.iter_mut().enumerate() {
+        let total = parts.iter().fold(0.0, |s, part| s + part[ci]);
+        *g = T::store(<T::Acc as Real>::from_f64(total));
     }
     Ok(())
 }
