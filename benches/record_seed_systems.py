@@ -65,13 +65,15 @@ def main_(argv: list[str] | None = None) -> int:
                 rec["beats_unigram_by_epoch_1"] = h["records"][0]["val_loss"] < meta["unigram_baseline_loss"]
                 rec["tokens_per_s"] = meta["tokens_per_s"]
                 rec["sample"] = meta["sample"]
+            # Systems are recorded in separate runs, possibly on different machines: each keeps its own.
+            rec["machine"] = machine_info(threads or __import__("torch").get_num_threads())
             doc["systems"][system] = rec
             docs = ROOT / "docs"
             docs.mkdir(exist_ok=True)
             shutil.copy(out / "curves.png", docs / f"{system}_curves.png")
             if (out / "confusion.png").exists():
                 shutil.copy(out / "confusion.png", docs / f"{system}_confusion.png")
-            doc["machine"] = machine_info(threads or __import__("torch").get_num_threads())
+            doc.pop("machine", None)
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out_json}")
