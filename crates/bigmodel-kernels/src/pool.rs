@@ -6,6 +6,7 @@
 //! pool, and a pool inherited through fork is leaked rather than dropped, since its threads are
 //! not there to be told to stop.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 struct Current {
@@ -62,4 +63,58 @@ fn build(threads: usize) -> rayon::ThreadPool {
 /// ([`crate::openmp`]).
 pub fn install<R: Send>(threads: usize, op: impl FnOnce() -> R + Send) -> R {
     crate::openmp::parked(threads, || get(threads).install(op))
+}
+
+thread_local! {
+    /// This thread's own pool of one worker, the thread itself: `None` until first used, and
+    /// `Some(None)` if it could not be built.
+    static HERE: RefCell<Option<Option<Arc<rayon::ThreadPool>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `op` on the calling thread: inside a one-worker pool whose worker is this thread, so the
+/// kernels' parallel iterators run sequentially here instead of waking the shared pool.
+///
+/// For calls with little work that is the faster way: handing a job to a sleeping pool worker and
+/// waiting for it costs tens of microseconds (up to 100 on a virtual machine), more than a small
+/// convolution or pooling takes. The one-worker pool is built once per thread; its only worker is
+/// the thread that owns it, so it also stays valid in a forked child.
+pub fn here<R: Send>(op: impl FnOnce() -> R + Send) -> R {
+    let pool = HERE.with(|h| {
+        h.borrow_mut()
+            .get_or_insert_with(|| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .use_current_thread()
+                    .thread_name(|_| "bigmodel-native-here".into())
+                    .build()
+                    .ok()
+                    .map(Arc::new)
+            })
+            .clone()
+    });
+    match pool {
+        Some(p) => p.install(op),
+        // This thread is already a worker of some other rayon pool: run in the shared one.
+        None => install(1, op),
+    }
+}
+
+/// Multiply-adds below which a compute-bound call (conv2d, attention) runs on the calling thread:
+/// about 50-100 us of one core's work, the order of a pool wake-up.
+pub const SERIAL_MACS: usize = 1 << 20;
+/// Elements below which a memory-bound call (pooling, Adam) runs on the calling thread.
+pub const SERIAL_ELEMS: usize = 1 << 16;
+
+/// The product of `xs`, saturating (sizes only decide how a call is run here).
+pub fn work(xs: &[usize]) -> usize {
+    xs.iter().fold(1usize, |a, &x| a.saturating_mul(x))
+}
+
+/// [`install`] for `threads > 1` and calls with enough work to share; [`here`] otherwise.
+pub fn run<R: Send>(threads: usize, serial: bool, op: impl FnOnce() -> R + Send) -> R {
+    if threads <= 1 || serial {
+        here(op)
+    } else {
+        install(threads, op)
+    }
 }

@@ -105,7 +105,11 @@ pub fn adam_step(
             amsgrad,
         )?);
     }
-    py.detach(|| pool::install(num_threads, || run_all(&hyper, &slots)))
+    let elems = slots
+        .iter()
+        .fold(0usize, |a, s| a.saturating_add(s.tensors[0].numel));
+    let serial = elems < pool::SERIAL_ELEMS;
+    py.detach(|| pool::run(num_threads, serial, || run_all(&hyper, &slots)))
         .map_err(to_py)
 }
 

@@ -181,6 +181,18 @@ fn acc_dtype(d: DType) -> DType {
 
 type ShapeArg = (usize, usize, usize, usize, usize, usize, usize);
 
+/// Whether a call has too little work to be worth the pool (see `pool::run`).
+fn serial(s: &Shape) -> bool {
+    let macs = pool::work(&[
+        s.batch,
+        s.heads_q,
+        s.len_q,
+        s.len_kv,
+        s.dim_qk.saturating_add(s.dim_v),
+    ]);
+    macs < pool::SERIAL_MACS
+}
+
 fn shape_of(s: ShapeArg) -> Shape {
     Shape {
         batch: s.0,
@@ -274,7 +286,8 @@ pub fn attention_forward(
             DType::F16 => fwd::<f16>(&shape, &params, [qi, ki, vi, oi, li], &m, d),
         }
     };
-    py.detach(|| pool::install(num_threads, run)).map_err(to_py)
+    py.detach(|| pool::run(num_threads, serial(&shape), run))
+        .map_err(to_py)
 }
 
 fn fwd<T: AttnElement>(
@@ -395,7 +408,8 @@ pub fn attention_backward(
             DType::F16 => bwd::<f16>(&shape, &params, &t, li, &m, d, ds),
         }
     };
-    py.detach(|| pool::install(num_threads, run)).map_err(to_py)
+    py.detach(|| pool::run(num_threads, serial(&shape), run))
+        .map_err(to_py)
 }
 
 fn bwd<T: AttnElement>(

@@ -133,7 +133,7 @@ pub fn conv2d_forward(
         ));
     }
     py.detach(|| {
-        pool::install(num_threads, || match dtype {
+        pool::run(num_threads, serial(&p), || match dtype {
             DType::F32 => run_forward::<f32>(&p, x, w, b, y),
             DType::F64 => run_forward::<f64>(&p, x, w, b, y),
             DType::BF16 => run_forward::<bf16>(&p, x, w, b, y),
@@ -141,6 +141,20 @@ pub fn conv2d_forward(
         })
     })
     .map_err(to_py)
+}
+
+/// Whether a call has too little work to be worth the pool (see `pool::run`).
+fn serial(p: &Conv2dParams) -> bool {
+    let macs = pool::work(&[
+        p.batch,
+        p.c_out,
+        p.out[0],
+        p.out[1],
+        p.c_in / p.groups.max(1),
+        p.kh,
+        p.kw,
+    ]);
+    macs < pool::SERIAL_MACS
 }
 
 /// Whether two tensors' memory ranges intersect (empty tensors intersect nothing).
@@ -241,7 +255,7 @@ pub fn conv2d_backward(
         }
     }
     py.detach(|| {
-        pool::install(num_threads, || match dtype {
+        pool::run(num_threads, serial(&p), || match dtype {
             DType::F32 => run_backward::<f32>(&p, reads, writes),
             DType::F64 => run_backward::<f64>(&p, reads, writes),
             DType::BF16 => run_backward::<bf16>(&p, reads, writes),

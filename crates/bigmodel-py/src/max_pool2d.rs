@@ -122,8 +122,9 @@ pub fn max_pool2d_forward(
             "max_pool2d: output, indices and input must not share memory",
         ));
     }
+    let serial = pool::work(&[planes, hw.0, hw.1]) < pool::SERIAL_ELEMS;
     py.detach(|| {
-        pool::install(num_threads, || match x.dtype {
+        pool::run(num_threads, serial, || match x.dtype {
             DType::F32 => run_forward::<f32>(&p, x, y, ix),
             DType::F64 => run_forward::<f64>(&p, x, y, ix),
             DType::BF16 => run_forward::<bf16>(&p, x, y, ix),
@@ -184,8 +185,9 @@ pub fn max_pool2d_backward(
             "max_pool2d_backward: grad_input must not share memory with grad_output or indices",
         ));
     }
+    let serial = pool::work(&[planes, hw.0, hw.1]) < pool::SERIAL_ELEMS;
     py.detach(|| {
-        pool::install(num_threads, || match gx.dtype {
+        pool::run(num_threads, serial, || match gx.dtype {
             DType::F32 => run_backward::<f32>(&p, gy, ix, gx),
             DType::F64 => run_backward::<f64>(&p, gy, ix, gx),
             DType::BF16 => run_backward::<bf16>(&p, gy, ix, gx),

@@ -22,6 +22,7 @@ from torch._C import _functions
 
 from .. import _native
 from .._threads import get_num_threads
+from ._eager import skips_dispatcher
 from ._library import LIB
 
 _NAME = "bigmodel_native::conv2d"
@@ -241,6 +242,33 @@ torch.library.register_fake("bigmodel_native::conv2d_backward", _conv2d_backward
 torch.library.register_autograd("bigmodel_native::conv2d", _backward, setup_context=_setup_context, lib=LIB)
 
 
+class _Conv2d(torch.autograd.Function):
+    """The op's autograd, entered directly in plain eager mode on CPU tensors.
+
+    torch.library's generic autograd wrapper costs tens of microseconds per call, more than a
+    small convolution; this Function runs the same CPU implementation and context logic. It is
+    used only where :func:`~._eager.skips_dispatcher` holds; the registered op serves every other
+    mode (torch.compile, fake tensors, functorch, subclasses, CUDA).
+    """
+
+    @staticmethod
+    def forward(ctx, *args: object) -> Tensor:
+        out = _conv2d_cpu(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    backward = staticmethod(_backward)
+
+
+def _call(input: Tensor, weight: Tensor, bias: Tensor | None, *conf: object) -> Tensor:
+    if input.device.type == "cpu" and skips_dispatcher(input, weight, bias):
+        tensors = (input, weight) if bias is None else (input, weight, bias)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return _Conv2d.apply(input, weight, bias, *conf)
+        return _conv2d_cpu(input, weight, bias, *conf)
+    return torch.ops.bigmodel_native.conv2d(input, weight, bias, *conf)
+
+
 def conv2d(
     input: Tensor,
     weight: Tensor,
@@ -263,8 +291,5 @@ def conv2d(
     dilation_ = _pair("dilation", dilation)
     padding_ = _resolve_padding(padding, weight, stride_, dilation_)
     if input.dim() == 3:
-        out = torch.ops.bigmodel_native.conv2d(
-            input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups
-        )
-        return out.squeeze(0)
-    return torch.ops.bigmodel_native.conv2d(input, weight, bias, stride_, padding_, dilation_, groups)
+        return _call(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups).squeeze(0)
+    return _call(input, weight, bias, stride_, padding_, dilation_, groups)

@@ -25,6 +25,7 @@ from torch._C import _functions
 
 from .. import _native
 from .._threads import get_num_threads
+from ._eager import skips_dispatcher
 from ._library import LIB
 
 _DOUBLE_BACKWARD = (
@@ -200,6 +201,27 @@ torch.library.register_autograd(
 )
 
 
+class _MaxPool2d(torch.autograd.Function):
+    """The op's autograd, entered directly in plain eager mode on CPU tensors (torch.library's
+    generic wrapper costs more than a small pooling); the registered op serves every other mode."""
+
+    @staticmethod
+    def forward(ctx, *args: object) -> tuple[Tensor, Tensor]:
+        out = _max_pool2d_cpu(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    backward = staticmethod(_backward)
+
+
+def _call(input: Tensor, *conf: object) -> tuple[Tensor, Tensor]:
+    if input.device.type == "cpu" and skips_dispatcher(input):
+        if torch.is_grad_enabled() and input.requires_grad:
+            return _MaxPool2d.apply(input, *conf)
+        return _max_pool2d_cpu(input, *conf)
+    return torch.ops.bigmodel_native.max_pool2d(input, *conf)
+
+
 def max_pool2d(
     input: Tensor,
     kernel_size: int | Sequence[int],
@@ -220,7 +242,7 @@ def max_pool2d(
         )
     batched = input.dim() == 4
     x = input if batched else input.unsqueeze(0)
-    out, indices = torch.ops.bigmodel_native.max_pool2d(x, k, s, p, d, bool(ceil_mode))
+    out, indices = _call(x, k, s, p, d, bool(ceil_mode))
     if not batched:
         out, indices = out.squeeze(0), indices.squeeze(0)
     return (out, indices) if return_indices else out
