@@ -3,8 +3,8 @@
 The issue's targets are forward+backward >= 1.5x torch on the two first layers (few input channels,
 where torch's backward is slow), >= 1.0x on the other layers, and forward >= 0.9x everywhere.
 On the quiet 2-core AMD EPYC (AVX2) machine (benches/results/conv.json) forward+backward runs at
-2.8x and 1.5x torch on the two first layers and 0.91-0.98x on the others; forward at 0.69-1.05x
-(the first layers' K = 9 / 27 GEMMs are memory-bound, where oneDNN's direct convolution wins).
+3.0x and 1.5x torch on the two first layers and 0.95-0.98x on the others; forward at 0.94-1.24x,
+0.82x on 3->32 (its K = 27 GEMM is memory-bound, where oneDNN's direct convolution wins).
 Parking torch's OpenMP team during our calls (crates/bigmodel-kernels/src/openmp.rs) lifted every
 ratio by a third: before it, torch's spinning workers took a core from us after each torch call.
 The floors below are gates against regressions, not the targets: they sit well under the
