@@ -173,3 +173,12 @@ def test_module_is_a_drop_in() -> None:
     assert isinstance(ours, torch.nn.MaxPool2d) and repr(ours) == repr(ref)
     x = torch.randn(2, 3, 9, 9)
     assert all(torch.equal(a, b) for a, b in zip(ours(x), ref(x), strict=True))
+
+
+def test_other_devices_are_refused_by_the_op_and_delegated_by_the_module() -> None:
+    # The kernel is CPU-only. The functional op says so; the module (which the seed CNNs use, also
+    # on CUDA) runs torch's pooling there. The meta device stands in for CUDA on this machine.
+    x = torch.randn(2, 3, 8, 8, device="meta")
+    with pytest.raises(NotImplementedError, match="runs on CPU tensors"):
+        max_pool2d(x, 2)
+    assert bnn.MaxPool2d(2)(x).shape == (2, 3, 4, 4)

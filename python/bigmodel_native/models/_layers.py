@@ -40,6 +40,10 @@ scaled_dot_product_attention = _resolve(
     "scaled_dot_product_attention", "bigmodel_native.ops", F.scaled_dot_product_attention
 )
 
+if IMPLEMENTATIONS["MaxPool2d"] == "bigmodel_native":
+    # Its kernel is CPU-only; the module itself runs torch's pooling on other devices.
+    IMPLEMENTATIONS["MaxPool2d"] = "bigmodel_native on CPU (torch's on other devices)"
+
 #: The optimizers are always ours (they exist since the foundation).
 IMPLEMENTATIONS["Adam"] = "bigmodel_native"
 IMPLEMENTATIONS["AdamW"] = "bigmodel_native"

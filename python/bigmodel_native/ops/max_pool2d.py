@@ -233,6 +233,11 @@ def max_pool2d(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Drop-in for ``torch.nn.functional.max_pool2d`` running bigmodel_native's CPU kernel."""
     k, s, p, d = _options(kernel_size, stride, padding, dilation)
+    if input.device.type != "cpu":
+        raise NotImplementedError(
+            f"bigmodel_native.ops.max_pool2d runs on CPU tensors, got one on {input.device}; use "
+            "torch.nn.functional.max_pool2d there (bigmodel_native.nn.MaxPool2d does so by itself)"
+        )
     if input.dim() not in (3, 4):
         raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
     if input.dim() == 3 and 0 in input.shape:
