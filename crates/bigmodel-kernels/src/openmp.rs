@@ -29,6 +29,7 @@ mod imp {
     struct Gomp {
         parallel: GompParallel,
         thread_num: ThreadNum,
+        max_threads: ThreadNum,
         pid: u32,
     }
 
@@ -56,21 +57,23 @@ mod imp {
             return None;
         }
         // SAFETY: `handle` is a live library handle and the names are NUL-terminated.
-        let (parallel, thread_num) = unsafe {
+        let (parallel, thread_num, max_threads) = unsafe {
             (
                 libc::dlsym(handle, c"GOMP_parallel".as_ptr()),
                 libc::dlsym(handle, c"omp_get_thread_num".as_ptr()),
+                libc::dlsym(handle, c"omp_get_max_threads".as_ptr()),
             )
         };
-        if parallel.is_null() || thread_num.is_null() {
+        if parallel.is_null() || thread_num.is_null() || max_threads.is_null() {
             return None;
         }
-        // SAFETY: both symbols are libgomp's public C ABI with exactly these signatures
+        // SAFETY: the symbols are libgomp's public C ABI with exactly these signatures
         // (`GOMP_parallel` since GCC 4.9: fn, data, num_threads, flags).
         unsafe {
             Some(Gomp {
                 parallel: std::mem::transmute::<*mut c_void, GompParallel>(parallel),
                 thread_num: std::mem::transmute::<*mut c_void, ThreadNum>(thread_num),
+                max_threads: std::mem::transmute::<*mut c_void, ThreadNum>(max_threads),
                 pid: std::process::id(),
             })
         }
@@ -120,10 +123,18 @@ mod imp {
 
     pub fn parked<R: Send, F: FnOnce() -> R + Send>(team: usize, op: F) -> R {
         let gomp = match GOMP.get_or_init(find) {
-            Some(g) if team > 1 && g.pid == std::process::id() => g,
+            Some(g) if g.pid == std::process::id() => g,
             // libgomp does not survive fork(): a child runs the call plainly.
             _ => return op(),
         };
+        // Park the team torch runs (its size is OpenMP's default, which torch.set_num_threads
+        // sets), never more: a larger team would start extra OpenMP threads that then spin.
+        // SAFETY: libgomp's `omp_get_max_threads` takes nothing and may be called from any thread.
+        let torch_team = usize::try_from(unsafe { (gomp.max_threads)() }).unwrap_or(1);
+        let team = team.min(torch_team);
+        if team <= 1 {
+            return op();
+        }
         let region = Region {
             call: Mutex::new(Some(op)),
             result: Mutex::new(None),
