@@ -44,10 +44,11 @@ def test_adam_ratio_floors(results: dict[str, CaseResult], prefix: str) -> None:
 def test_bf16_moves_fewer_bytes_than_fp32(results: dict[str, CaseResult]) -> None:
     (a,) = [v for k, v in results.items() if k.startswith("a:")]
     (c,) = [v for k, v in results.items() if k.startswith("c:")]
-    # Same element count; bf16 moves half the bytes, so it must not be slower. Recorded: 0.75x the
-    # fp32 time; a run beside heavy parallel builds gave 1.2x, hence the 25% noise margin (a scalar
-    # bf16 conversion path would be 2-3x slower and still fail).
-    assert c.results[OURS].median_s <= 1.25 * a.results[OURS].median_s
+    # Same element count; bf16 moves half the bytes, so it must not be meaningfully slower. Recorded:
+    # 0.75x the fp32 time on an AVX-512 Xeon, 1.0x on an AVX2 EPYC (no native bf16 conversion there,
+    # so the fp32 step's bandwidth advantage is gone), with single runs up to 1.3x on a noisy 2-core
+    # machine; hence the 50% margin. A scalar bf16 conversion path is 2-3x slower and still fails.
+    assert c.results[OURS].median_s <= 1.5 * a.results[OURS].median_s
 
 
 def test_adam_step_pytest_benchmark(benchmark, threads: int) -> None:
