@@ -8,7 +8,7 @@
 
 use crate::errors::to_py;
 use crate::tensors::{inspect, TensorInfo, Unfit};
-use crate::views::slice_mut;
+use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::attention::{
     self as kernel, AttnElement, BackwardInputs, Mask, Params, Shape,
 };
@@ -71,34 +71,6 @@ fn check_disjoint(outputs: &[(usize, usize)], all: &[(usize, usize)]) -> Result<
     Ok(())
 }
 
-/// A read-only slice over `len` elements of `T` at `ptr`.
-///
-/// # Safety
-/// `ptr` must be the data pointer of a live tensor of at least `len` elements of `T` that
-/// nothing writes while the slice lives.
-unsafe fn slice_ref<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a [T]> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if ptr == 0 || ptr % std::mem::align_of::<T>() != 0 {
-        return Err(Error::Value(format!(
-            "{what}: null or misaligned data pointer {ptr:#x}"
-        )));
-    }
-    if len
-        .checked_mul(std::mem::size_of::<T>())
-        .is_none_or(|b| b > isize::MAX as usize)
-    {
-        return Err(Error::Value(format!(
-            "{what}: {len} elements overflow the address space"
-        )));
-    }
-    // SAFETY: non-null, aligned, size fits in isize (checked above); liveness and the absence
-    // of writers are this function's documented precondition. Shared slices may overlap (q = k
-    // = v in self-attention), which shared borrows allow.
-    Ok(unsafe { std::slice::from_raw_parts(ptr as *const T, len) })
-}
-
 /// The mask argument: kind ("none", "bool", "float"), tensor and its 4 broadcast dims.
 struct MaskArg {
     kind: u8,
@@ -152,7 +124,7 @@ unsafe fn kernel_mask<'a, T: AttnElement>(m: &MaskArg, acc: DType) -> Result<Mas
         0 => Mask::None,
         // SAFETY: forwarded precondition; bool bytes are read as u8, valid for any value.
         1 => Mask::Bool {
-            data: unsafe { slice_ref::<u8>(m.ptr, m.len, "attn_mask")? },
+            data: unsafe { slice::<u8>(m.ptr, m.len, "attn_mask")? },
             dims: m.dims,
         },
         _ => {
@@ -164,7 +136,7 @@ unsafe fn kernel_mask<'a, T: AttnElement>(m: &MaskArg, acc: DType) -> Result<Mas
             }
             // SAFETY: forwarded precondition; dtype checked equal to the arithmetic type.
             Mask::Additive {
-                data: unsafe { slice_ref::<T::Acc>(m.ptr, m.len, "attn_mask")? },
+                data: unsafe { slice::<T::Acc>(m.ptr, m.len, "attn_mask")? },
                 dims: m.dims,
             }
         }
@@ -305,9 +277,9 @@ fn fwd<T: AttnElement>(
         kernel::forward::<T>(
             shape,
             params,
-            slice_ref(q.ptr, q.numel, "query")?,
-            slice_ref(k.ptr, k.numel, "key")?,
-            slice_ref(v.ptr, v.numel, "value")?,
+            slice(q.ptr, q.numel, "query")?,
+            slice(k.ptr, k.numel, "key")?,
+            slice(v.ptr, v.numel, "value")?,
             kernel_mask::<T>(m, acc_dtype(d))?,
             slice_mut(o.ptr, o.numel, "out")?,
             slice_mut(l.ptr, l.numel, "logsumexp")?,
@@ -427,12 +399,12 @@ fn bwd<T: AttnElement>(
     // overlap nothing else (checked above); the rest is only read.
     unsafe {
         let x = BackwardInputs::<T> {
-            q: slice_ref(q.ptr, q.numel, "query")?,
-            k: slice_ref(k.ptr, k.numel, "key")?,
-            v: slice_ref(v.ptr, v.numel, "value")?,
-            out: slice_ref(o.ptr, o.numel, "out")?,
-            lse: slice_ref(l.ptr, l.numel, "logsumexp")?,
-            grad_out: slice_ref(go.ptr, go.numel, "grad_out")?,
+            q: slice(q.ptr, q.numel, "query")?,
+            k: slice(k.ptr, k.numel, "key")?,
+            v: slice(v.ptr, v.numel, "value")?,
+            out: slice(o.ptr, o.numel, "out")?,
+            lse: slice(l.ptr, l.numel, "logsumexp")?,
+            grad_out: slice(go.ptr, go.numel, "grad_out")?,
         };
         kernel::backward::<T>(
             shape,

@@ -6,7 +6,7 @@
 //! kernel runs on the pool with the GIL released.
 
 use crate::errors::to_py;
-use crate::tensors::{inspect, TensorInfo, Unfit};
+use crate::tensors::{kernel_info, TensorInfo};
 use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::conv2d::{
     conv2d_backward as backward, conv2d_forward as forward, Conv2dGrads, Conv2dParams, Scratch,
@@ -14,23 +14,11 @@ use bigmodel_kernels::cpu::conv2d::{
 use bigmodel_kernels::element::{DType, Element};
 use bigmodel_kernels::{pool, Result};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 fn info(t: &Bound<'_, PyAny>, what: &str) -> PyResult<TensorInfo> {
-    match inspect(t)? {
-        Ok(i) => Ok(i),
-        Err(Unfit::NeedsStaging) => Err(PyRuntimeError::new_err(format!(
-            "conv2d: {what} must be a contiguous real tensor"
-        ))),
-        Err(Unfit::Device) => Err(PyNotImplementedError::new_err(format!(
-            "conv2d: {what} is not a CPU tensor; bigmodel_native's conv2d kernel runs on CPU tensors"
-        ))),
-        Err(Unfit::DType(name)) => Err(PyTypeError::new_err(format!(
-            "conv2d: unsupported dtype {name} for {what}; expected torch.float32, torch.float64, \
-             torch.bfloat16 or torch.float16"
-        ))),
-    }
+    kernel_info(t, "conv2d", what)
 }
 
 /// Inspects every tensor and checks they share one dtype.

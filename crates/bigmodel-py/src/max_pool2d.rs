@@ -6,7 +6,7 @@
 //! runs on the pool with the GIL released.
 
 use crate::errors::to_py;
-use crate::tensors::{inspect, TensorInfo, Unfit};
+use crate::tensors::{kernel_info, TensorInfo};
 use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::max_pool2d::{
     max_pool2d_backward as backward, max_pool2d_forward as forward, MaxPool2dParams,
@@ -14,25 +14,13 @@ use bigmodel_kernels::cpu::max_pool2d::{
 use bigmodel_kernels::element::{DType, Element};
 use bigmodel_kernels::{pool, Result};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::{intern, Py};
 
 fn info(t: &Bound<'_, PyAny>, what: &str) -> PyResult<TensorInfo> {
-    match inspect(t)? {
-        Ok(i) => Ok(i),
-        Err(Unfit::NeedsStaging) => Err(PyRuntimeError::new_err(format!(
-            "max_pool2d: {what} must be a contiguous real tensor"
-        ))),
-        Err(Unfit::Device) => Err(PyNotImplementedError::new_err(format!(
-            "max_pool2d: {what} is not a CPU tensor; bigmodel_native's max_pool2d kernel runs on CPU tensors"
-        ))),
-        Err(Unfit::DType(name)) => Err(PyTypeError::new_err(format!(
-            "max_pool2d: unsupported dtype {name} for {what}; expected torch.float32, torch.float64, \
-             torch.bfloat16 or torch.float16"
-        ))),
-    }
+    kernel_info(t, "max_pool2d", what)
 }
 
 static INT64: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

@@ -152,3 +152,22 @@ pub fn inspect(t: &Bound<'_, PyAny>) -> PyResult<Result<TensorInfo, Unfit>> {
         dtype,
     }))
 }
+
+/// [`inspect`] for a kernel that takes the tensor as it is: torch's exception classes otherwise,
+/// with messages naming the op and the argument.
+pub fn kernel_info(t: &Bound<'_, PyAny>, op: &str, what: &str) -> PyResult<TensorInfo> {
+    use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
+    match inspect(t)? {
+        Ok(i) => Ok(i),
+        Err(Unfit::NeedsStaging) => Err(PyRuntimeError::new_err(format!(
+            "{op}: {what} must be a contiguous real tensor"
+        ))),
+        Err(Unfit::Device) => Err(PyNotImplementedError::new_err(format!(
+            "{op}: {what} is not a CPU tensor; bigmodel_native's {op} kernel runs on CPU tensors"
+        ))),
+        Err(Unfit::DType(name)) => Err(PyTypeError::new_err(format!(
+            "{op}: unsupported dtype {name} for {what}; expected torch.float32, torch.float64, \
+             torch.bfloat16 or torch.float16"
+        ))),
+    }
+}

@@ -118,7 +118,7 @@ def _sdpa_flash_fake(q, k, v, mask, scale, is_causal, dropout_p, seed):  # type:
     return out, lse
 
 
-def _sdpa_flash_backward_cpu(
+def _native_backward(
     grad_out: Tensor,
     q: Tensor,
     k: Tensor,
@@ -126,11 +126,10 @@ def _sdpa_flash_backward_cpu(
     out: Tensor,
     lse: Tensor,
     mask: Tensor | None,
-    scale: float,
-    is_causal: bool,
-    dropout_p: float,
-    seed: int,
+    params: tuple[float, bool, float, int],
+    grad_scores: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """dq, dk, dv from the kernel (and the scores' gradient into ``grad_scores`` if given)."""
     shape = _shape(q, k, v)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -144,9 +143,25 @@ def _sdpa_flash_backward_cpu(
     m = None if mask is None else mask.contiguous()
     _native.attention_backward(
         q, k, v, out.contiguous(), lse.contiguous(), grad_out.contiguous().to(q.dtype), dq, dk, dv,
-        m, kind, dims, shape, scale, is_causal, dropout_p, seed, get_num_threads(),
+        m, kind, dims, shape, *params, get_num_threads(), grad_scores=grad_scores,
     )  # fmt: skip
     return dq, dk, dv
+
+
+def _sdpa_flash_backward_cpu(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    mask: Tensor | None,
+    scale: float,
+    is_causal: bool,
+    dropout_p: float,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    return _native_backward(grad_out, q, k, v, out, lse, mask, (scale, is_causal, dropout_p, seed))
 
 
 def _sdpa_flash_backward_fake(grad_out, q, k, v, out, lse, mask, scale, is_causal, dropout_p, seed):  # type: ignore[no-untyped-def]
@@ -174,23 +189,10 @@ def _sdpa_flash_mask_backward_cpu(
     """
     if mask.dtype == torch.bool or mask.dim() != 4:
         raise RuntimeError(f"{_BWD_MASK}: the mask must be a 4-D additive (float) mask")
-    shape = _shape(q, k, v)
-    b, hq, _, lq, lk, _, _ = shape
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    if grad_out.shape != out.shape:
-        raise RuntimeError(
-            f"{_BWD_MASK}: grad_out shape {tuple(grad_out.shape)} != out shape {tuple(out.shape)}"
-        )
+    b, hq, _, lq, lk, _, _ = _shape(q, k, v)
     ds = torch.zeros((b, hq, lq, lk), dtype=_acc_dtype(q.dtype))
-    if out.numel() == 0 or ds.numel() == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_(), mask.new_zeros(mask.shape)
-    kind, dims = _mask_args(mask)
-    m = mask.contiguous()
-    _native.attention_backward(
-        q, k, v, out.contiguous(), lse.contiguous(), grad_out.contiguous().to(q.dtype), dq, dk, dv,
-        m, kind, dims, shape, scale, is_causal, dropout_p, seed, get_num_threads(), grad_scores=ds,
-    )  # fmt: skip
+    params = (scale, is_causal, dropout_p, seed)
+    dq, dk, dv = _native_backward(grad_out, q, k, v, out, lse, mask, params, ds)
     return dq, dk, dv, ds.sum_to_size(mask.shape).to(mask.dtype)
 
 

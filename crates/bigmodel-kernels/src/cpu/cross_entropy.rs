@@ -514,6 +514,23 @@ pub(crate) struct Upstream<A> {
 }
 
 impl<A: Real> Upstream<A> {
+    /// From the loss's gradient (one per row with reduction "none", else one) and the "mean"
+    /// divisor; the sizes are the caller's to check.
+    pub fn new<T: CeElement<Acc = A>>(
+        reduction: Reduction,
+        grad_output: &[T],
+        total_weight: &[A],
+    ) -> Self {
+        Upstream {
+            per_row: reduction == Reduction::None,
+            scale: match reduction {
+                Reduction::None => A::ZERO,
+                Reduction::Sum => grad_output[0].load(),
+                Reduction::Mean => grad_output[0].load() / total_weight[0],
+            },
+        }
+    }
+
     #[inline(always)]
     pub fn of<T: CeElement<Acc = A>>(&self, grad_output: &[T], r: usize) -> A {
         if self.per_row {
@@ -539,14 +556,7 @@ pub fn backward<T: CeElement>(p: &CeParams, b: Backward<'_, T>) -> Result<()> {
             "cross_entropy_backward: buffers have the wrong sizes".into(),
         ));
     }
-    let up = Upstream {
-        per_row,
-        scale: match p.reduction {
-            Reduction::None => <T::Acc as Real>::ZERO,
-            Reduction::Sum => b.grad_output[0].load(),
-            Reduction::Mean => b.grad_output[0].load() / b.total_weight[0],
-        },
-    };
+    let up = Upstream::new(p.reduction, b.grad_output, b.total_weight);
     let g = BwdArgs {
         job: &job,
         mode,

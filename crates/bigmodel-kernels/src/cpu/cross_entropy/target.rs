@@ -27,14 +27,7 @@ pub fn target_backward<T: CeElement>(
         ));
     }
     let keep = T::Acc::from_f64(1.0 - ls);
-    let up = Upstream {
-        per_row,
-        scale: match p.reduction {
-            Reduction::None => <T::Acc as Real>::ZERO,
-            Reduction::Sum => grad_output[0].load(),
-            Reduction::Mean => grad_output[0].load() / total_weight[0],
-        },
-    };
+    let up = Upstream::new(p.reduction, grad_output, total_weight);
     let (c, d) = (p.classes, p.inner);
     if numel == 0 {
         return Ok(());
@@ -93,14 +86,7 @@ pub fn weight_backward<T: CeElement>(
         ));
     }
     let (c, d) = (p.classes, p.inner);
-    let up = Upstream {
-        per_row,
-        scale: match p.reduction {
-            Reduction::None => <T::Acc as Real>::ZERO,
-            Reduction::Sum => grad_output[0].load(),
-            Reduction::Mean => grad_output[0].load() / total_weight[0],
-        },
-    };
+    let up = Upstream::new(p.reduction, grad_output, total_weight);
     let (keep, add) = (1.0 - ls, if c > 0 { ls / c as f64 } else { 0.0 });
     let sample = c * d;
     let per_block = TASK_ELEMS.div_ceil(sample.max(1)).max(1);
