@@ -104,6 +104,49 @@ def test_matches_torch(shape, dtype, prob):
             raise AssertionError(f"{opt}: {e}") from None
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_gradient_written_by_the_forward(dtype, reduction):
+    # Logits that need a gradient get it from the forward (for an upstream 1); the backward only
+    # scales it. A second backward (retain_graph) recomputes the very same bits, other upstream
+    # gradients scale it, and an in-place change of the logits after the forward is caught.
+    g = torch.Generator().manual_seed(3)
+    x64 = torch.randn(33, 300, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, 300, (33,), generator=g)
+    t[::4] = -100
+    w = torch.rand(300, generator=g, dtype=torch.float64) + 0.5
+    kw = dict(weight=w.to(dtype), reduction=reduction, label_smoothing=0.1)
+    x = x64.to(dtype).requires_grad_()
+    loss = cross_entropy(x, t, **kw)
+    gy = torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5
+    (g1,) = torch.autograd.grad(loss, x, gy.to(dtype), retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x, gy.to(dtype), retain_graph=True)
+    (g3,) = torch.autograd.grad(loss.sum(), x)
+    assert torch.equal(g1, g2)
+    xr = x.detach().to(torch.float64).requires_grad_()
+    ref = F.cross_entropy(xr, t, **{**kw, "weight": w})
+    (r1,) = torch.autograd.grad(ref, xr, gy, retain_graph=True)
+    (r3,) = torch.autograd.grad(ref.sum(), xr)
+    torch.testing.assert_close(g1.double(), r1, **_tol(dtype))
+    torch.testing.assert_close(g3.double(), r3, **_tol(dtype))
+    y = x * 1.0
+    loss = cross_entropy(y, t, **kw)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.sum().backward()
+
+
+def test_upstream_gradient_that_requires_grad_takes_the_backward_op():
+    # With create_graph and an upstream gradient that requires grad, the forward's gradient is
+    # not used (scaling it in place would record a half graph); the backward op computes it.
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3])
+    gy = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(cross_entropy(x, t), x, gy, create_graph=True)
+    (gr,) = torch.autograd.grad(F.cross_entropy(x, t), x, gy.detach())
+    torch.testing.assert_close(gx, gr)
+
+
 @pytest.mark.parametrize("isa", available_isas())
 def test_every_instruction_set(isa):
     _native.set_isa(isa)

@@ -11,8 +11,8 @@
 use crate::errors::to_py;
 use crate::tensors::{inspect, TensorInfo, Unfit};
 use bigmodel_kernels::cpu::cross_entropy::{
-    backward, forward, math::CeElement, target_backward, weight_backward, Backward, CeParams,
-    Forward, Reduction, Target,
+    backward, forward, forward_grad, math::CeElement, target_backward, weight_backward, Backward,
+    CeParams, Forward, Reduction, Target,
 };
 use bigmodel_kernels::element::DType;
 use bigmodel_kernels::{pool, Error, Result};
@@ -237,10 +237,14 @@ macro_rules! by_dtype {
 /// Fills `loss` (one element, or one per row with reduction "none"), the per-row log-sum-exp
 /// `lse`, the per-row coefficient sums `asum` (probability targets; else empty) and the divisor
 /// of "mean" `total_weight`. Reductions are torch's enum: 0 none, 1 mean, 2 sum.
+///
+/// With `grad_input`, also writes the logits' gradient for an upstream gradient of 1 (per row
+/// with reduction "none"), as `cross_entropy_backward` would; the caller scales it by the real
+/// upstream gradient when that is not 1.
 #[pyfunction]
 #[pyo3(signature = (
     input, target, weight, loss, lse, asum, total_weight, *,
-    outer, classes, inner, reduction, ignore_index, label_smoothing, num_threads
+    outer, classes, inner, reduction, ignore_index, label_smoothing, num_threads, grad_input=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_forward(
@@ -259,6 +263,7 @@ pub fn cross_entropy_forward(
     ignore_index: i64,
     label_smoothing: f64,
     num_threads: usize,
+    grad_input: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let p = params(
         outer,
@@ -269,6 +274,7 @@ pub fn cross_entropy_forward(
         label_smoothing,
     )?;
     let x = float_buf(input, "input")?;
+    let gi = grad_input.map(|g| float_buf(g, "grad_input")).transpose()?;
     let t = target_buf(target)?;
     let w = weight.map(|w| float_buf(w, "weight")).transpose()?;
     let l = float_buf(loss, "loss")?;
@@ -280,6 +286,7 @@ pub fn cross_entropy_forward(
     let dtype = x.dtype.unwrap();
     let mut same = vec![("target", t), ("loss", l)];
     same.extend(w.map(|w| ("weight", w)));
+    same.extend(gi.map(|g| ("grad_input", g)));
     check_dtypes(
         dtype,
         &same,
@@ -287,57 +294,56 @@ pub fn cross_entropy_forward(
     )?;
     let mut reads = vec![("input", x), ("target", t)];
     reads.extend(w.map(|w| ("weight", w)));
-    check_disjoint(
-        &[("loss", l), ("lse", e), ("asum", a), ("total_weight", tw)],
-        &reads,
-    )?;
-    let bufs = [
-        x,
-        t,
-        w.unwrap_or(Buf {
-            ptr: 0,
-            numel: 0,
-            dtype: None,
-        }),
-        l,
-        e,
-        a,
-        tw,
-    ];
+    let mut written = vec![("loss", l), ("lse", e), ("asum", a), ("total_weight", tw)];
+    written.extend(gi.map(|g| ("grad_input", g)));
+    check_disjoint(&written, &reads)?;
+    let none = Buf {
+        ptr: 0,
+        numel: 0,
+        dtype: None,
+    };
+    let bufs = [x, t, w.unwrap_or(none), l, e, a, tw];
     let has_w = w.is_some();
     on_pool(py, &p, num_threads, || {
-        by_dtype!(dtype, run_forward, &p, bufs, has_w)
+        by_dtype!(dtype, run_forward, &p, bufs, has_w, gi)
     })
     .map_err(to_py)
 }
 
-fn run_forward<T: CeElement>(p: &CeParams, b: [Buf; 7], has_w: bool) -> Result<()> {
+fn run_forward<T: CeElement>(
+    p: &CeParams,
+    b: [Buf; 7],
+    has_w: bool,
+    grad: Option<Buf>,
+) -> Result<()> {
     let [x, t, w, l, e, a, tw] = b;
     // SAFETY: every buffer is a live contiguous CPU tensor the Python caller holds for the whole
     // call, of the element type checked in `cross_entropy_forward`; the written ones (loss, lse,
-    // asum, total_weight) overlap no other buffer (`check_disjoint`), the read ones are only read.
+    // asum, total_weight, grad_input) overlap no other buffer (`check_disjoint`), the read ones
+    // are only read.
     unsafe {
         let target = if t.dtype.is_none() {
             Target::Index(view::<i64>(t, "target")?)
         } else {
             Target::Prob(view::<T>(t, "target")?)
         };
-        forward(
-            p,
-            Forward {
-                input: view(x, "input")?,
-                target,
-                weight: if has_w {
-                    Some(view(w, "weight")?)
-                } else {
-                    None
-                },
-                loss: view_mut(l, "loss")?,
-                lse: view_mut(e, "lse")?,
-                asum: view_mut(a, "asum")?,
-                total_weight: view_mut(tw, "total_weight")?,
+        let f = Forward {
+            input: view(x, "input")?,
+            target,
+            weight: if has_w {
+                Some(view(w, "weight")?)
+            } else {
+                None
             },
-        )
+            loss: view_mut(l, "loss")?,
+            lse: view_mut(e, "lse")?,
+            asum: view_mut(a, "asum")?,
+            total_weight: view_mut(tw, "total_weight")?,
+        };
+        match grad {
+            Some(g) => forward_grad(p, f, view_mut(g, "grad_input")?),
+            None => forward(p, f),
+        }
     }
 }
 

@@ -120,7 +120,10 @@ def _forward_cpu(
     ignore_index: int,
     label_smoothing: float,
     inplace_backward: bool = False,
+    *,
+    grad_input: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The forward; with ``grad_input`` it also writes the logits' gradient for an upstream 1."""
     prob = target.is_floating_point()
     if not prob:
         target = _index_target(target)
@@ -134,7 +137,7 @@ def _forward_cpu(
     _native.cross_entropy_forward(
         input.contiguous(), target.contiguous(), _opt(weight), loss, lse, asum, total_weight,
         outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, num_threads=get_num_threads(),
+        label_smoothing=label_smoothing, num_threads=get_num_threads(), grad_input=grad_input,
     )  # fmt: skip
     return loss, lse, asum, total_weight
 
@@ -290,6 +293,8 @@ def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     direct = skips_dispatcher(grad_loss)
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
+        grad_input = _fused_grad(ctx, grad_loss, input, target, weight)
+    if ctx.needs_input_grad[0] and grad_input is None:
         args = (
             grad_loss,
             input,
@@ -347,15 +352,53 @@ class _CrossEntropy(torch.autograd.Function):
     old-style Function (no separate ``setup_context``, so no per-call signature binding) runs
     the ops' CPU implementations with the same context logic; it is only used where
     :func:`skips_dispatcher` holds, and the registered op serves every other mode.
+
+    When the logits need a gradient (and are ``(N, C)`` or ``(C,)`` CPU logits, not in the
+    in-place mode), the forward writes it at once, for an upstream gradient of 1, while each
+    run of rows is still in cache: the backward then only scales it by the real upstream
+    gradient (nothing when that is 1, as for ``loss.backward()``), and the logits are read once
+    instead of twice. The buffer is held from the forward to the first backward, which hands it
+    over to autograd; a second backward (``retain_graph=True``) recomputes it from the saved
+    log-sum-exp as usual.
     """
 
     @staticmethod
     def forward(ctx, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out = _kernel("cross_entropy_forward", args[0])(*args)
+        input = args[0]
+        assert isinstance(input, Tensor)
+        ctx.fused = (
+            ctx.needs_input_grad[0] and not args[6] and input.dim() <= 2 and input.device.type == "cpu"
+        )
+        if ctx.fused:
+            ctx.grad_input = torch.empty(input.shape, dtype=input.dtype)
+            out = _forward_cpu(*args, grad_input=ctx.grad_input)  # type: ignore[arg-type]
+        else:
+            out = _kernel("cross_entropy_forward", input)(*args)
         _setup_context(ctx, args, out)
         return out
 
     backward = staticmethod(_backward)
+
+
+def _fused_grad(
+    ctx, grad_loss: Tensor, input: Tensor, target: Tensor, weight: Tensor | None
+) -> Tensor | None:
+    """The gradient the forward wrote (see :class:`_CrossEntropy`), scaled by ``grad_loss``;
+    None when the forward did not write one, or when the backward itself is differentiated
+    (``create_graph=True``), which the ops' backward path refuses as before."""
+    if not getattr(ctx, "fused", False) or grad_loss.requires_grad:
+        return None
+    grad = ctx.grad_input
+    ctx.grad_input = None  # autograd owns it from here
+    if grad is None:  # a second backward (retain_graph=True): the same kernel, the same bits
+        grad = torch.empty(input.shape, dtype=input.dtype)
+        _forward_cpu(input, target, weight, *ctx.args, grad_input=grad)
+    reduction = ctx.args[0]
+    if reduction == 0 and grad_loss.dim() > 0:  # one upstream value per row
+        return grad.mul_(grad_loss.unsqueeze(-1))
+    if grad_loss.item() != 1.0:
+        grad.mul_(grad_loss)
+    return grad
 
 
 # ----------------------------------------------------------------------------- public API

@@ -444,6 +444,31 @@ fn prepare<'a, T: CeElement>(
 
 /// Forward: fills `loss`, `lse`, `asum` and `total_weight`.
 pub fn forward<T: CeElement>(p: &CeParams, f: Forward<'_, T>) -> Result<()> {
+    forward_impl(p, f, None)
+}
+
+/// Forward that also writes the gradient of the logits for an upstream gradient of 1 (per row
+/// with reduction "none"), as the backward would; the caller scales it by the real upstream
+/// gradient when that is not 1.
+///
+/// Training computes the loss only to differentiate it, so the gradient can be written while
+/// each run of rows is still in cache from the forward's read: the logits then cross the
+/// memory bus once instead of twice. Runs of rows are fused in the `(N, C)` layout; the other
+/// layouts, and few very long rows split across threads, run the forward and then the backward.
+pub fn forward_grad<T: CeElement>(p: &CeParams, f: Forward<'_, T>, grad: &mut [T]) -> Result<()> {
+    if grad.len() != f.input.len() {
+        return Err(Error::Shape(
+            "cross_entropy: the gradient buffer must have the input's size".into(),
+        ));
+    }
+    forward_impl(p, f, Some(grad))
+}
+
+fn forward_impl<T: CeElement>(
+    p: &CeParams,
+    f: Forward<'_, T>,
+    grad: Option<&mut [T]>,
+) -> Result<()> {
     let rows = p.rows()?;
     let (job, mode, total) = prepare(p, f.input.len(), f.target, f.weight)?;
     let per_row = p.reduction == Reduction::None;
@@ -457,10 +482,47 @@ pub fn forward<T: CeElement>(p: &CeParams, f: Forward<'_, T>) -> Result<()> {
         ));
     }
     let loss_rows: &mut [T] = if per_row { &mut *f.loss } else { &mut [] };
-    let sum = if p.inner == 1 {
-        rows::forward(&job, mode, f.input, f.lse, f.asum, loss_rows)
-    } else {
-        strided::forward(&job, mode, f.input, f.lse, f.asum, loss_rows)
+    // The gradient of an upstream 1: `1 / total` for mean (known before any row: `prepare`
+    // summed the target weights), 1 for sum and for each row of "none".
+    let up = Upstream {
+        per_row: false,
+        scale: if p.reduction == Reduction::Mean {
+            <T::Acc as Real>::ONE / T::Acc::from_f64(total)
+        } else {
+            <T::Acc as Real>::ONE
+        },
+    };
+    let sum = match grad {
+        Some(grad) => {
+            crate::memory::advise_huge_pages(&mut *grad);
+            let (lse, asum) = (&mut *f.lse, &mut *f.asum);
+            if p.inner == 1 && rows::fusable(&job, rows) {
+                rows::forward_grad(&job, mode, &up, f.input, lse, asum, loss_rows, grad)
+            } else {
+                let sum = if p.inner == 1 {
+                    rows::forward(&job, mode, f.input, lse, asum, loss_rows)
+                } else {
+                    strided::forward(&job, mode, f.input, lse, asum, loss_rows)
+                };
+                let g = BwdArgs {
+                    job: &job,
+                    mode,
+                    up: &up,
+                    grad_output: &[],
+                    lse,
+                    asum,
+                    r_base: 0,
+                };
+                if p.inner == 1 {
+                    rows::backward(&g, Some(f.input), grad);
+                } else {
+                    strided::backward(&g, Some(f.input), grad);
+                }
+                sum
+            }
+        }
+        None if p.inner == 1 => rows::forward(&job, mode, f.input, f.lse, f.asum, loss_rows),
+        None => strided::forward(&job, mode, f.input, f.lse, f.asum, loss_rows),
     };
     f.total_weight[0] = T::Acc::from_f64(total);
     match p.reduction {
@@ -486,11 +548,11 @@ pub(crate) fn row_grad_consts<T: CeElement, const M: u8>(
     job: &Job<'_, T>,
     r: usize,
     g: T::Acc,
-    asum: &[T::Acc],
+    asum: impl FnOnce() -> T::Acc,
 ) -> (T::Acc, T::Acc, Option<usize>) {
     let zero = <T::Acc as Real>::ZERO;
     if M == PROB {
-        return (g, asum[r], None);
+        return (g, asum(), None);
     }
     match job.class(r) {
         // Ignored: the gradient is 0 * softmax, NaN where the row's softmax is.
@@ -564,6 +626,7 @@ pub fn backward<T: CeElement>(p: &CeParams, b: Backward<'_, T>) -> Result<()> {
         grad_output: b.grad_output,
         lse: b.lse,
         asum: b.asum,
+        r_base: 0,
     };
     if b.input.is_some() {
         // A separate gradient buffer is usually freshly allocated: fault it in as huge pages.
@@ -583,6 +646,22 @@ pub(crate) struct BwdArgs<'a, T: CeElement> {
     pub mode: u8,
     pub up: &'a Upstream<T::Acc>,
     pub grad_output: &'a [T],
+    /// Per-row statistics of rows `r_base..`: all rows (`r_base = 0`) in a backward, the task's
+    /// own rows when the forward writes the gradient.
     pub lse: &'a [T::Acc],
     pub asum: &'a [T::Acc],
+    pub r_base: usize,
+}
+
+impl<T: CeElement> BwdArgs<'_, T> {
+    #[inline(always)]
+    pub fn lse_of(&self, r: usize) -> T::Acc {
+        self.lse[r - self.r_base]
+    }
+
+    /// `A` of row `r` (probability targets).
+    #[inline(always)]
+    pub fn asum_of(&self, r: usize) -> T::Acc {
+        self.asum[r - self.r_base]
+    }
 }

@@ -261,6 +261,66 @@ pub fn sum_exp_weighted<T: CeElement>(
     (hsum(s), hsum(sa), hsum(asum))
 }
 
+/// [`sum_exp`] that also stores each `exp(x_j - m)` in `e` (as long as `x`).
+///
+/// The pairs of chunks keep the loop free of bounds checks, so it vectorises like `sum_exp`.
+#[inline(always)]
+pub fn sum_exp_store<T: CeElement>(x: &[T], m: T::Acc, e: &mut [T]) -> T::Acc {
+    assert_eq!(e.len(), x.len());
+    let mut acc = [<T::Acc as Real>::ZERO; LANES];
+    let mut xs = x.chunks_exact(LANES);
+    let mut es = e.chunks_exact_mut(LANES);
+    for (xc, ec) in (&mut xs).zip(&mut es) {
+        for l in 0..LANES {
+            let v = T::exp_acc(xc[l].load() - m);
+            ec[l] = T::store(v);
+            acc[l] = acc[l] + v;
+        }
+    }
+    let tail = xs.remainder().iter().zip(es.into_remainder());
+    for (l, (xv, ev)) in tail.enumerate() {
+        let v = T::exp_acc(xv.load() - m);
+        *ev = T::store(v);
+        acc[l] = acc[l] + v;
+    }
+    hsum(acc)
+}
+
+/// [`sum_exp_weighted`] that also stores each `exp(x_j - m)` in `e` (as long as `x`).
+#[inline(always)]
+pub fn sum_exp_weighted_store<T: CeElement>(
+    x: &[T],
+    m: T::Acc,
+    coef: impl Fn(usize) -> T::Acc,
+    e: &mut [T],
+) -> (T::Acc, T::Acc, T::Acc) {
+    assert_eq!(e.len(), x.len());
+    let zero = <T::Acc as Real>::ZERO;
+    let (mut s, mut sa, mut asum) = ([zero; LANES], [zero; LANES], [zero; LANES]);
+    let mut term = |l: usize, j: usize, xv: &T, ev: &mut T| {
+        let d = xv.load() - m;
+        let a = coef(j);
+        let v = T::exp_acc(d);
+        *ev = T::store(v);
+        s[l] = s[l] + v;
+        sa[l] = sa[l] + a * d;
+        asum[l] = asum[l] + a;
+    };
+    let mut xs = x.chunks_exact(LANES);
+    let mut es = e.chunks_exact_mut(LANES);
+    for (i, (xc, ec)) in (&mut xs).zip(&mut es).enumerate() {
+        for l in 0..LANES {
+            term(l, i * LANES + l, &xc[l], &mut ec[l]);
+        }
+    }
+    let full = x.len() / LANES * LANES;
+    let tail = xs.remainder().iter().zip(es.into_remainder());
+    for (l, (xv, ev)) in tail.enumerate() {
+        term(l, full + l, xv, ev);
+    }
+    (hsum(s), hsum(sa), hsum(asum))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,22 @@
 
 use super::*;
 
+/// Whether few long rows make the forward split each row's columns across threads.
+fn splits_columns<T: CeElement>(job: &Job<'_, T>, rows: usize) -> Option<usize> {
+    if job.classes >= 2 * COL_BLOCK {
+        let threads = rayon::current_num_threads();
+        if rows < 2 * threads && threads > 1 {
+            return Some(threads);
+        }
+    }
+    None
+}
+
+/// Rows per task: at least [`TASK_ELEMS`] logits.
+fn rows_per_task(classes: usize) -> usize {
+    TASK_ELEMS.div_ceil(classes.max(1)).max(1)
+}
+
 pub(super) fn forward<T: CeElement>(
     job: &Job<'_, T>,
     mode: u8,
@@ -15,17 +31,144 @@ pub(super) fn forward<T: CeElement>(
     asum: &mut [T::Acc],
     loss: &mut [T],
 ) -> f64 {
-    let (rows, c) = (lse.len(), job.classes);
-    if c >= 2 * COL_BLOCK {
-        let threads = rayon::current_num_threads();
-        if rows < 2 * threads && threads > 1 {
-            return forward_split_columns(job, mode, x, lse, asum, loss, threads);
+    if let Some(threads) = splits_columns(job, lse.len()) {
+        return forward_split_columns(job, mode, x, lse, asum, loss, threads);
+    }
+    run_all(
+        split_rows(lse, asum, loss, rows_per_task(job.classes)),
+        |out| fwd_chunk(job, mode, x, out),
+    )
+}
+
+/// Whether [`forward_grad`] applies: whole rows per task (not split across threads).
+pub(super) fn fusable<T: CeElement>(job: &Job<'_, T>, rows: usize) -> bool {
+    job.classes > 0 && splits_columns(job, rows).is_none()
+}
+
+/// The forward of each run of rows followed at once by its gradient (upstream `up`), while the
+/// run (at least [`TASK_ELEMS`] logits, a few hundred KiB at most) is still in cache.
+///
+/// With f32 and f64 logits each row's `exp(x - max)` is stored straight into the gradient
+/// buffer by the forward's sum and then only rescaled ([`fused_rows`]): one `exp` per logit
+/// instead of two. bf16 and f16 would round those terms before the rescale, so they run the
+/// row's forward and then its backward as [`backward`] does.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_grad<T: CeElement>(
+    job: &Job<'_, T>,
+    mode: u8,
+    up: &Upstream<T::Acc>,
+    x: &[T],
+    lse: &mut [T::Acc],
+    asum: &mut [T::Acc],
+    loss: &mut [T],
+    grad: &mut [T],
+) -> f64 {
+    let c = job.classes; // > 0 (`fusable`)
+    let per = rows_per_task(c);
+    let outs = split_rows(lse, asum, loss, per);
+    let tasks: Vec<_> = outs.into_iter().zip(grad.chunks_mut(per * c)).collect();
+    let full_precision = std::mem::size_of::<T>() == std::mem::size_of::<T::Acc>();
+    run_all(tasks, |(out, dst)| {
+        if full_precision {
+            return fused_chunk(job, mode, up, x, out, dst);
+        }
+        let r0 = out.r0;
+        let sum = fwd_chunk(
+            job,
+            mode,
+            x,
+            RowOut {
+                r0,
+                lse: &mut *out.lse,
+                asum: &mut *out.asum,
+                loss: &mut *out.loss,
+            },
+        );
+        let g = BwdArgs {
+            job,
+            mode,
+            up,
+            grad_output: &[],
+            lse: &*out.lse,
+            asum: &*out.asum,
+            r_base: r0,
+        };
+        bwd_chunk(&g, Some(x), r0, 0, dst);
+        sum
+    })
+}
+
+crate::dispatch_isa! {
+    fn fused_chunk<T: CeElement>(job: &Job<'_, T>, mode: u8, up: &Upstream<T::Acc>, x: &[T], out: RowOut<'_, T>, dst: &mut [T]) -> f64 {
+        match (mode, job.w.is_empty()) {
+            (PLAIN, _) => fused_rows::<T, PLAIN, false>(job, up, x, out, dst),
+            (SMOOTH, true) => fused_rows::<T, SMOOTH, false>(job, up, x, out, dst),
+            (SMOOTH, false) => fused_rows::<T, SMOOTH, true>(job, up, x, out, dst),
+            (_, true) => fused_rows::<T, PROB, false>(job, up, x, out, dst),
+            (_, false) => fused_rows::<T, PROB, true>(job, up, x, out, dst),
         }
     }
-    let per = TASK_ELEMS.div_ceil(c.max(1)).max(1);
-    run_all(split_rows(lse, asum, loss, per), |out| {
-        fwd_chunk(job, mode, x, out)
-    })
+}
+
+/// Loss and gradient of whole rows from `out.r0` (`dst` holds their gradient), three passes
+/// per row: the maximum (the row's one read from memory), `e_c = exp(x_c - max)` summed and
+/// stored in `dst`, then `dst_c = g A e_c / s - g a_c` (`exp(x - lse) = e / s`). The row and
+/// its gradient stay in cache across the passes.
+///
+/// Special values end as in the backward: a row of only -inf has `s = 0` and a NaN or +inf
+/// logit makes `s` NaN, so `A e / s` is NaN across the row (torch's softmax there); an ignored
+/// row (`g A = 0`) is `0 * e / s`, 0 unless `s` is 0 or NaN.
+#[inline(always)]
+fn fused_rows<T: CeElement, const M: u8, const W: bool>(
+    job: &Job<'_, T>,
+    up: &Upstream<T::Acc>,
+    x: &[T],
+    out: RowOut<'_, T>,
+    dst: &mut [T],
+) -> f64 {
+    let c = job.classes;
+    let w = if W { job.w } else { &[] };
+    let mut sum = 0.0f64;
+    for (i, gd) in dst.chunks_exact_mut(c).enumerate() {
+        let r = out.r0 + i;
+        let xr = &x[r * c..(r + 1) * c];
+        let pr = if M == PROB {
+            &job.prob[r * c..(r + 1) * c]
+        } else {
+            &[]
+        };
+        let mut st = Stats::empty::<T>();
+        st.m = math::max(xr);
+        let m = st.reference::<T>();
+        if M == PLAIN {
+            st.s = math::sum_exp_store(xr, m, gd);
+        } else {
+            let coef = |j: usize| coef::<T, M, W>(w, pr, j, job.keep, job.add);
+            (st.s, st.sa, st.asum) = math::sum_exp_weighted_store(xr, m, coef, gd);
+        }
+        let (loss, lse) = row_result::<T, M>(&st, job, r, xr);
+        out.lse[i] = lse;
+        if M == PROB {
+            out.asum[i] = st.asum;
+        }
+        if let Some(l) = out.loss.get_mut(i) {
+            *l = T::store(loss);
+        }
+        sum += loss.to_f64();
+
+        let (gr, a, t) = row_grad_consts::<T, M>(job, r, up.scale, || st.asum);
+        let k = gr * a / st.s;
+        let gc = if M == SMOOTH { gr * job.add } else { gr };
+        let et = t.map(|t| gd[t].load());
+        for (j, o) in gd.iter_mut().enumerate() {
+            *o = T::store(k * o.load() - gc * coef::<T, M, W>(w, pr, j, job.keep, job.add));
+        }
+        if let (Some(t), Some(et)) = (t, et) {
+            let ct = coef::<T, M, W>(w, pr, t, job.keep, job.add);
+            gd[t] = T::store(k * et - gc * ct - gr * job.keep * job.weight_of(t));
+        }
+    }
+    sum
 }
 
 crate::dispatch_isa! {
@@ -223,7 +366,8 @@ fn bwd_rows<T: CeElement, const M: u8, const W: bool, const INPLACE: bool>(
         let r = r0 + i;
         let base = r * c + c0;
         let n = out.len();
-        let (gr, a, t) = row_grad_consts::<T, M>(job, r, g.up.of(g.grad_output, r), g.asum);
+        let (gr, a, t) =
+            row_grad_consts::<T, M>(job, r, g.up.of(g.grad_output, r), || g.asum_of(r));
         let t = t.filter(|&t| t >= c0 && t < c0 + n).map(|t| t - c0);
         let xt = t.map(|t| {
             if INPLACE {
@@ -232,7 +376,7 @@ fn bwd_rows<T: CeElement, const M: u8, const W: bool, const INPLACE: bool>(
                 x[base + t].load()
             }
         });
-        let lse = g.lse[r];
+        let lse = g.lse_of(r);
         let w = if W { &job.w[c0..c0 + n] } else { &[] };
         let p = if M == PROB {
             &job.prob[base..base + n]

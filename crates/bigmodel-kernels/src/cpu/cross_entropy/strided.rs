@@ -282,11 +282,11 @@ fn bwd_run<T: CeElement, const M: u8, const W: bool, const INPLACE: bool>(
             for l in 0..nl {
                 let r = n * d + p0 + l;
                 let (g_r, a, tc) =
-                    row_grad_consts::<T, M>(job, r, g.up.of(g.grad_output, r), g.asum);
+                    row_grad_consts::<T, M>(job, r, g.up.of(g.grad_output, r), || g.asum_of(r));
                 ga[l] = g_r * a;
                 gc[l] = if M == SMOOTH { g_r * job.add } else { g_r };
                 gr[l] = g_r;
-                lse[l] = g.lse[r];
+                lse[l] = g.lse_of(r);
                 tgt[l] = tc.map(|tc| {
                     let xt = if INPLACE {
                         t.dst.row(nn, tc, c, d, off + l, 1)[0].load()

@@ -122,6 +122,7 @@ fn check<T: CeElement>(p: CeParams, w: bool, prob: bool, tol: f64, to: fn(f64) -
         .map(|&v| to(v).load().to_f64())
         .collect();
     let (want, total, want_grad) = reference(&p, &x64, &rt, w64.as_deref(), &go64);
+    let (_, _, unit_grad) = reference(&p, &x64, &rt, w64.as_deref(), &vec![1.0; rows]);
     let mut lse = vec![<T::Acc as Real>::ZERO; rows];
     let mut asum = vec![<T::Acc as Real>::ZERO; if prob { rows } else { 0 }];
     let mut tw = [<T::Acc as Real>::ZERO];
@@ -156,6 +157,49 @@ fn check<T: CeElement>(p: CeParams, w: bool, prob: bool, tol: f64, to: fn(f64) -
             assert!(
                 close(a, *b, tol),
                 "{p:?} w={w} prob={prob} {red:?} row {i}: {a} vs {b}"
+            );
+        }
+        // The forward that also writes the gradient for an upstream 1: the same loss and
+        // statistics, and the gradient (divided by the total weight for mean).
+        let (mut loss2, mut lse2, mut asum2, mut tw2) = (
+            vec![to(7.0); loss.len()],
+            lse.clone(),
+            asum.clone(),
+            [tw[0]],
+        );
+        let mut grad = vec![to(7.0); numel];
+        forward_grad(
+            &q,
+            Forward {
+                input: &x,
+                target,
+                weight: wt.as_deref(),
+                loss: &mut loss2,
+                lse: &mut lse2,
+                asum: &mut asum2,
+                total_weight: &mut tw2,
+            },
+            &mut grad,
+        )
+        .unwrap();
+        // Same statistics and loss up to rounding (the fused rows take the row's maximum first
+        // instead of the running one).
+        let same = |a: &[T::Acc], b: &[T::Acc]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(u, v)| close(u.to_f64(), v.to_f64(), tol))
+        };
+        assert!(same(&lse2, &lse) && same(&asum2, &asum) && same(&tw2, &tw));
+        for (a, b) in loss2.iter().zip(&loss) {
+            assert!(close(a.load().to_f64(), b.load().to_f64(), tol));
+        }
+        let div = if red == Reduction::Mean { total } else { 1.0 };
+        for (i, (a, b)) in grad.iter().zip(&unit_grad).enumerate() {
+            let (a, b) = (a.load().to_f64(), b / div);
+            assert!(
+                close(a, b, tol),
+                "{p:?} w={w} prob={prob} {red:?} forward_grad {i}: {a} vs {b}"
             );
         }
     }
@@ -415,5 +459,25 @@ fn nan_and_inf_follow_torch() {
             assert_eq!(row.iter().all(|v| v.is_nan()), nan_rows[r], "{grad:?}");
         }
         assert_eq!(grad[4..6], [0.0, 0.0]);
+        // The forward that writes the gradient gives the same special values.
+        let (mut loss2, mut lse2, mut tw2) = ([0f32; 4], [0f32; 4], [0f32]);
+        let mut grad2 = [0f32; 8];
+        forward_grad(
+            &p,
+            Forward {
+                input: &x,
+                target: Target::Index(&t),
+                weight: None,
+                loss: &mut loss2,
+                lse: &mut lse2,
+                asum: &mut [],
+                total_weight: &mut tw2,
+            },
+            &mut grad2,
+        )
+        .unwrap();
+        for (a, b) in loss2.iter().zip(want_loss).chain(grad2.iter().zip(grad)) {
+            assert!(a == &b || (a.is_nan() && b.is_nan()), "{loss2:?} {grad2:?}");
+        }
     }
 }
