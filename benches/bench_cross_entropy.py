@@ -1,11 +1,12 @@
 """Cross-entropy benchmark and CI gate: ours vs F.cross_entropy, one run, plus peak memory.
 
 Floors sit well under the measured ratios (see benches/results/ce.json) so that a noisy 2-core
-machine passes, yet losing the fused single pass or the parallel path fails. The forward+backward
-floors are the lowest: both libraries write a fresh logits-sized gradient each call, and the
-kernel's zeroing of those pages swings both timings by 2x or more on a loaded machine. Ours asks
-for transparent huge pages on that buffer (bigmodel_kernels::memory), which removes most of its
-page faults, so it now runs as fast as the in-place mode; the in-place mode's gain is the memory.
+machine passes, yet losing the fused single pass, the parallel path or the lean small-call path
+fails. With logits that need a gradient our forward writes it while each run of rows is in cache
+(the logits are read once), so forward+backward is one read of the logits, one write of the
+gradient and the kernel's zeroing of that fresh buffer's pages (transparent huge pages make that
+one pass instead of 128,000 faults, bigmodel_kernels::memory). torch reads the logits three times
+and writes two logits-sized buffers in 4 KiB pages; its time swings by 1.5x between runs here.
 The peak-memory test holds the issue's budget: at most one logits-sized buffer beyond the logits
 (none in the in-place mode), against torch's two (its saved log-softmax and the gradient).
 """
@@ -22,11 +23,11 @@ from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, t
 #: case name -> [(baseline, floor on baseline_time / our_time)]
 FLOORS = {
     "a: (4096, 32000) fp32 fwd": [("torch", 1.8)],
-    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 1.5)],
+    "a: (4096, 32000) fp32 fwd+bwd": [("torch", 3.0)],
     "b: (4096, 32000) bf16 fwd": [("torch", 1.3)],
-    "b: (4096, 32000) bf16 fwd+bwd": [("torch", 0.8)],
-    "c: (64, 10) fp32 fwd": [("torch", 0.15)],
-    "c: (64, 10) fp32 fwd+bwd": [("torch", 0.3)],
+    "b: (4096, 32000) bf16 fwd+bwd": [("torch", 1.5)],
+    "c: (64, 10) fp32 fwd": [("torch", 0.5)],
+    "c: (64, 10) fp32 fwd+bwd": [("torch", 0.5)],
 }
 SHAPE = (4096, 32000)
 
@@ -71,9 +72,10 @@ def test_ce_ratio_floors(results: dict[str, CaseResult], name: str) -> None:
 def test_inplace_mode(results: dict[str, CaseResult], name: str) -> None:
     r = results[name]
     mine = r.results[ce.INPLACE].median_s
-    # It skips allocating a gradient buffer, so it is never slower than the out-of-place mode,
-    # which with huge pages it now merely matches (30% noise margin).
-    assert mine <= 1.3 * r.results[OURS].median_s
+    # Its gain is memory. Speed: it skips the fresh gradient buffer's page faults but reads the
+    # logits twice (the out-of-place mode writes the gradient in the forward, reading them once),
+    # so the two run within noise of each other (2x margin for this noisy machine).
+    assert mine <= 2.0 * r.results[OURS].median_s
     # Measured 3-4.5x torch on the loaded shared 2-core machine (benches/results/ce.json).
     assert r.results[ce.TORCH].median_s / mine >= 1.5
 

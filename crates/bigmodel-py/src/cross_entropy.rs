@@ -238,7 +238,8 @@ macro_rules! by_dtype {
 /// `lse`, the per-row coefficient sums `asum` (probability targets; else empty) and the divisor
 /// of "mean" `total_weight`. Reductions are torch's enum: 0 none, 1 mean, 2 sum.
 ///
-/// With `grad_input`, also writes the logits' gradient for an upstream gradient of 1 (per row
+/// `lse`, `asum` and `total_weight` may all be None when the caller needs only the loss (they
+/// are then kept in scratch memory). With `grad_input`, also writes the logits' gradient for an upstream gradient of 1 (per row
 /// with reduction "none"), as `cross_entropy_backward` would; the caller scales it by the real
 /// upstream gradient when that is not 1.
 #[pyfunction]
@@ -253,9 +254,9 @@ pub fn cross_entropy_forward(
     target: &Bound<'_, PyAny>,
     weight: Option<&Bound<'_, PyAny>>,
     loss: &Bound<'_, PyAny>,
-    lse: &Bound<'_, PyAny>,
-    asum: &Bound<'_, PyAny>,
-    total_weight: &Bound<'_, PyAny>,
+    lse: Option<&Bound<'_, PyAny>>,
+    asum: Option<&Bound<'_, PyAny>>,
+    total_weight: Option<&Bound<'_, PyAny>>,
     outer: usize,
     classes: usize,
     inner: usize,
@@ -278,23 +279,33 @@ pub fn cross_entropy_forward(
     let t = target_buf(target)?;
     let w = weight.map(|w| float_buf(w, "weight")).transpose()?;
     let l = float_buf(loss, "loss")?;
-    let (e, a, tw) = (
-        float_buf(lse, "lse")?,
-        float_buf(asum, "asum")?,
-        float_buf(total_weight, "total_weight")?,
-    );
+    let stats = match (lse, asum, total_weight) {
+        (Some(e), Some(a), Some(tw)) => Some([
+            float_buf(e, "lse")?,
+            float_buf(a, "asum")?,
+            float_buf(tw, "total_weight")?,
+        ]),
+        (None, None, None) => None,
+        _ => {
+            return Err(PyValueError::new_err(
+                "cross_entropy: lse, asum and total_weight are given together or not at all",
+            ))
+        }
+    };
     let dtype = x.dtype.unwrap();
     let mut same = vec![("target", t), ("loss", l)];
     same.extend(w.map(|w| ("weight", w)));
     same.extend(gi.map(|g| ("grad_input", g)));
-    check_dtypes(
-        dtype,
-        &same,
-        &[("lse", e), ("asum", a), ("total_weight", tw)],
-    )?;
+    let stat_names = ["lse", "asum", "total_weight"];
+    let stat_list: Vec<(&str, Buf)> = stats
+        .iter()
+        .flat_map(|s| stat_names.into_iter().zip(*s))
+        .collect();
+    check_dtypes(dtype, &same, &stat_list)?;
     let mut reads = vec![("input", x), ("target", t)];
     reads.extend(w.map(|w| ("weight", w)));
-    let mut written = vec![("loss", l), ("lse", e), ("asum", a), ("total_weight", tw)];
+    let mut written = vec![("loss", l)];
+    written.extend(stat_list);
     written.extend(gi.map(|g| ("grad_input", g)));
     check_disjoint(&written, &reads)?;
     let none = Buf {
@@ -302,21 +313,42 @@ pub fn cross_entropy_forward(
         numel: 0,
         dtype: None,
     };
-    let bufs = [x, t, w.unwrap_or(none), l, e, a, tw];
+    let bufs = [x, t, w.unwrap_or(none), l];
     let has_w = w.is_some();
     on_pool(py, &p, num_threads, || {
-        by_dtype!(dtype, run_forward, &p, bufs, has_w, gi)
+        by_dtype!(dtype, run_forward, &p, bufs, has_w, stats, gi)
     })
     .map_err(to_py)
 }
 
 fn run_forward<T: CeElement>(
     p: &CeParams,
-    b: [Buf; 7],
+    b: [Buf; 4],
     has_w: bool,
+    stats: Option<[Buf; 3]>,
     grad: Option<Buf>,
 ) -> Result<()> {
-    let [x, t, w, l, e, a, tw] = b;
+    let [x, t, w, l] = b;
+    // Statistics nobody keeps live in scratch memory, sized from the shape only once that shape
+    // is known to describe the input (so a bad call cannot ask for a huge allocation).
+    let rows = p.outer.saturating_mul(p.inner);
+    if stats.is_none() && (p.classes == 0 || rows.checked_mul(p.classes) != Some(x.numel)) {
+        return Err(Error::Shape(
+            "cross_entropy: without lse, asum and total_weight the input must have outer * classes * \
+             inner elements, classes >= 1"
+                .into(),
+        ));
+    }
+    let prob = t.dtype.is_some();
+    let zero = <T::Acc as bigmodel_kernels::element::Real>::ZERO;
+    let mut scratch = match stats {
+        Some(_) => (Vec::new(), Vec::new(), Vec::new()),
+        None => (
+            vec![zero; rows],
+            vec![zero; if prob { rows } else { 0 }],
+            vec![zero; 1],
+        ),
+    };
     // SAFETY: every buffer is a live contiguous CPU tensor the Python caller holds for the whole
     // call, of the element type checked in `cross_entropy_forward`; the written ones (loss, lse,
     // asum, total_weight, grad_input) overlap no other buffer (`check_disjoint`), the read ones
@@ -336,9 +368,18 @@ fn run_forward<T: CeElement>(
                 None
             },
             loss: view_mut(l, "loss")?,
-            lse: view_mut(e, "lse")?,
-            asum: view_mut(a, "asum")?,
-            total_weight: view_mut(tw, "total_weight")?,
+            lse: match stats {
+                Some([e, _, _]) => view_mut(e, "lse")?,
+                None => &mut scratch.0,
+            },
+            asum: match stats {
+                Some([_, a, _]) => view_mut(a, "asum")?,
+                None => &mut scratch.1,
+            },
+            total_weight: match stats {
+                Some([_, _, tw]) => view_mut(tw, "total_weight")?,
+                None => &mut scratch.2,
+            },
         };
         match grad {
             Some(g) => forward_grad(p, f, view_mut(g, "grad_input")?),

@@ -6,6 +6,9 @@ import torch
 from torch import Tensor
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_compiling = torch.compiler.is_compiling
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 def skips_dispatcher(*tensors: Tensor | None) -> bool:
@@ -17,8 +20,9 @@ def skips_dispatcher(*tensors: Tensor | None) -> bool:
     dispatch mode (fake tensors, functionalization), functorch transforms or tensor subclasses the
     registered ops must be used.
     """
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
+    if _compiling() or _dispatch_modes() > 0 or _functorch_active():
         return False
-    if torch._C._are_functorch_transforms_active():
-        return False
-    return all(t is None or type(t) in _PLAIN for t in tensors)
+    for t in tensors:  # a loop, not all(<generator>): this runs on every small call
+        if t is not None and type(t) not in _PLAIN:
+            return False
+    return True

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
@@ -68,9 +69,10 @@ LIB.define(
 
 def _layout(input: Tensor) -> tuple[int, int, int]:
     """(outer, classes, inner) of the kernel's ``(outer, C, inner)`` view of the logits."""
-    if input.dim() == 1:
-        return 1, input.shape[0], 1
-    return input.shape[0], input.shape[1], math.prod(input.shape[2:])
+    shape = input.shape
+    if len(shape) <= 2:
+        return (shape[0], shape[1], 1) if len(shape) == 2 else (1, shape[0], 1)
+    return shape[0], shape[1], math.prod(shape[2:])
 
 
 def _loss_shape(input: Tensor, target: Tensor, reduction: int) -> tuple[int, ...]:
@@ -120,10 +122,7 @@ def _forward_cpu(
     ignore_index: int,
     label_smoothing: float,
     inplace_backward: bool = False,
-    *,
-    grad_input: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The forward; with ``grad_input`` it also writes the logits' gradient for an upstream 1."""
     prob = target.is_floating_point()
     if not prob:
         target = _index_target(target)
@@ -137,9 +136,34 @@ def _forward_cpu(
     _native.cross_entropy_forward(
         input.contiguous(), target.contiguous(), _opt(weight), loss, lse, asum, total_weight,
         outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, num_threads=get_num_threads(), grad_input=grad_input,
+        label_smoothing=label_smoothing, num_threads=get_num_threads(),
     )  # fmt: skip
     return loss, lse, asum, total_weight
+
+
+def _loss_cpu(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_input: Tensor | None = None,
+) -> Tensor:
+    """The loss alone, its statistics kept in scratch memory; with ``grad_input`` (contiguous,
+    the input's shape) the logits' gradient for an upstream gradient of 1 is written too."""
+    outer, classes, inner = _layout(input)
+    if classes == 0:  # nothing to differentiate; the op's forward covers the empty rows
+        return _forward_cpu(input, target, weight, reduction, ignore_index, label_smoothing)[0]
+    if not target.is_floating_point():
+        target = _index_target(target)
+    loss = torch.empty(_loss_shape(input, target, reduction), dtype=input.dtype)
+    _native.cross_entropy_forward(
+        input.contiguous(), target.contiguous(), _opt(weight), loss, None, None, None,
+        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, num_threads=get_num_threads(), grad_input=grad_input,
+    )  # fmt: skip
+    return loss
 
 
 def _forward_fake(
@@ -176,7 +200,7 @@ def _backward_cpu(
 ) -> Tensor:
     if not target.is_floating_point():
         target = _index_target(target)
-    grad_input = torch.empty(input.shape, dtype=input.dtype)
+    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format)
     _native.cross_entropy_backward(
         grad_output.contiguous(), input.contiguous(), grad_input, target.contiguous(), _opt(weight),
         lse.contiguous(), asum.contiguous(), total_weight.contiguous(),
@@ -293,8 +317,6 @@ def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     direct = skips_dispatcher(grad_loss)
     grad_input = grad_target = None
     if ctx.needs_input_grad[0]:
-        grad_input = _fused_grad(ctx, grad_loss, input, target, weight)
-    if ctx.needs_input_grad[0] and grad_input is None:
         args = (
             grad_loss,
             input,
@@ -352,53 +374,64 @@ class _CrossEntropy(torch.autograd.Function):
     old-style Function (no separate ``setup_context``, so no per-call signature binding) runs
     the ops' CPU implementations with the same context logic; it is only used where
     :func:`skips_dispatcher` holds, and the registered op serves every other mode.
-
-    When the logits need a gradient (and are ``(N, C)`` or ``(C,)`` CPU logits, not in the
-    in-place mode), the forward writes it at once, for an upstream gradient of 1, while each
-    run of rows is still in cache: the backward then only scales it by the real upstream
-    gradient (nothing when that is 1, as for ``loss.backward()``), and the logits are read once
-    instead of twice. The buffer is held from the forward to the first backward, which hands it
-    over to autograd; a second backward (``retain_graph=True``) recomputes it from the saved
-    log-sum-exp as usual.
     """
 
     @staticmethod
     def forward(ctx, *args: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        input = args[0]
-        assert isinstance(input, Tensor)
-        ctx.fused = (
-            ctx.needs_input_grad[0] and not args[6] and input.dim() <= 2 and input.device.type == "cpu"
-        )
-        if ctx.fused:
-            ctx.grad_input = torch.empty(input.shape, dtype=input.dtype)
-            out = _forward_cpu(*args, grad_input=ctx.grad_input)  # type: ignore[arg-type]
-        else:
-            out = _kernel("cross_entropy_forward", input)(*args)
+        out = _kernel("cross_entropy_forward", args[0])(*args)
         _setup_context(ctx, args, out)
         return out
 
     backward = staticmethod(_backward)
 
 
-def _fused_grad(
-    ctx, grad_loss: Tensor, input: Tensor, target: Tensor, weight: Tensor | None
-) -> Tensor | None:
-    """The gradient the forward wrote (see :class:`_CrossEntropy`), scaled by ``grad_loss``;
-    None when the forward did not write one, or when the backward itself is differentiated
-    (``create_graph=True``), which the ops' backward path refuses as before."""
-    if not getattr(ctx, "fused", False) or grad_loss.requires_grad:
-        return None
-    grad = ctx.grad_input
-    ctx.grad_input = None  # autograd owns it from here
-    if grad is None:  # a second backward (retain_graph=True): the same kernel, the same bits
-        grad = torch.empty(input.shape, dtype=input.dtype)
-        _forward_cpu(input, target, weight, *ctx.args, grad_input=grad)
-    reduction = ctx.args[0]
-    if reduction == 0 and grad_loss.dim() > 0:  # one upstream value per row
-        return grad.mul_(grad_loss.unsqueeze(-1))
-    if grad_loss.item() != 1.0:
+def _fused_backward(ctx, grad_loss: Tensor) -> tuple:
+    """:class:`_FusedCrossEntropy`'s backward. ``once_differentiable`` costs about 10 us per call,
+    as much as the whole backward at small sizes, so it wraps only the create_graph case."""
+    (input,) = ctx.saved_tensors
+    grad, ctx.grad_input = ctx.grad_input, None  # autograd owns it from here
+    if grad is None:  # a second backward through a retained graph
+        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+        _loss_cpu(input, *ctx.args, grad)
+    if ctx.args[2] == 0 and grad_loss.dim() > 0:  # reduction "none": one value per row
+        grad.mul_(grad_loss.unsqueeze(-1))
+    elif grad_loss.item() != 1.0:
         grad.mul_(grad_loss)
-    return grad
+    return grad, None, None, None, None, None
+
+
+_once_differentiable_fused_backward = once_differentiable(_fused_backward)
+
+
+class _FusedCrossEntropy(torch.autograd.Function):
+    """Plain eager training on ``(N, C)`` or ``(C,)`` CPU logits: the forward writes the gradient.
+
+    A loss computed with gradients enabled is almost always differentiated, so the forward
+    writes the logits' gradient for an upstream gradient of 1 while each run of rows is still in
+    cache (as Liger Kernel's fused loss does): the logits are read once instead of twice, and
+    with f32/f64 each ``exp`` is computed once. The backward only scales that buffer by the real
+    upstream gradient (nothing to do when it is 1, as for ``loss.backward()``) and hands it to
+    autograd. The buffer lives from the forward to the first backward, where the unfused path
+    would allocate it; a second backward (``retain_graph=True``) recomputes it with the same
+    kernel, so both give the same bits. The gradient is not itself differentiable
+    (``once_differentiable``: a double backward raises instead of returning a wrong result).
+    """
+
+    @staticmethod
+    def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):  # type: ignore[override]
+        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+        loss = _loss_cpu(input, target, weight, reduction, ignore_index, label_smoothing, grad)
+        ctx.save_for_backward(input)  # autograd then catches in-place changes of the logits
+        # Only a retained graph's second backward reads these (neither requires grad here).
+        ctx.args = (target, weight, reduction, ignore_index, label_smoothing)
+        ctx.grad_input = grad
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple:  # type: ignore[override]
+        if torch.is_grad_enabled():  # create_graph=True: torch's wrapper makes a double backward raise
+            return _once_differentiable_fused_backward(ctx, grad_loss)
+        return _fused_backward(ctx, grad_loss)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -477,6 +510,8 @@ def _check(
 
 def _check_devices(input: Tensor, target: Tensor, weight: Tensor | None) -> None:
     """CPU or CUDA, all on one device (torch's message otherwise), and what the CUDA kernels take."""
+    if input.is_cpu and target.is_cpu and (weight is None or weight.is_cpu):
+        return  # the common case, without building device objects
     if input.device.type not in ("cpu", "cuda"):
         raise NotImplementedError(
             f"bigmodel_native.ops.cross_entropy: input is on {input.device}; the kernels run on CPU and CUDA"
@@ -512,24 +547,32 @@ def _scalar(t: Tensor) -> str:
     }.get(t.dtype, str(t.dtype).removeprefix("torch."))  # fmt: skip
 
 
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
 def _reduction_enum(size_average: bool | None, reduce: bool | None, reduction: str) -> int:
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    return _Reduction.get_enum(reduction)
+    elif reduction in _REDUCTIONS:  # the common case without torch's if-chain
+        return _REDUCTIONS[reduction]
+    return _Reduction.get_enum(reduction)  # torch's error (and deprecation) messages
 
 
 def _run(
     input, target, weight, ignore_index, reduction: int, label_smoothing: float, inplace: bool
 ) -> Tensor:
     input, target, weight = _check(input, target, weight, ignore_index, label_smoothing)
-    args = (input, target, weight, reduction, ignore_index, float(label_smoothing), inplace)
+    label_smoothing = float(label_smoothing)
+    args = (input, target, weight, reduction, ignore_index, label_smoothing, inplace)
     if not skips_dispatcher(input, target, weight):
         return OPS.cross_entropy_forward(*args)[0]
-    differentiable = (
-        input.requires_grad or target.requires_grad or (weight is not None and weight.requires_grad)
-    )
-    if torch.is_grad_enabled() and differentiable:
+    other_grads = target.requires_grad or (weight is not None and weight.requires_grad)
+    if torch.is_grad_enabled() and (input.requires_grad or other_grads):
+        if input.is_cpu and input.requires_grad and not (inplace or other_grads) and input.dim() <= 2:
+            return _FusedCrossEntropy.apply(input, target, weight, reduction, ignore_index, label_smoothing)
         return _CrossEntropy.apply(*args)[0]
+    if input.is_cpu:
+        return _loss_cpu(input, target, weight, reduction, ignore_index, label_smoothing)
     return _kernel("cross_entropy_forward", input)(*args)[0]
 
 

@@ -261,6 +261,14 @@ pub fn sum_exp_weighted<T: CeElement>(
     (hsum(s), hsum(sa), hsum(asum))
 }
 
+/// `v_j = exp(v_j)` over a flat slice: one vector loop however the values are grouped in rows.
+#[inline(always)]
+pub fn exp_all<T: CeElement>(v: &mut [T::Acc]) {
+    for x in v.iter_mut() {
+        *x = T::exp_acc(*x);
+    }
+}
+
 /// [`sum_exp`] that also stores each `exp(x_j - m)` in `e` (as long as `x`).
 ///
 /// The pairs of chunks keep the loop free of bounds checks, so it vectorises like `sum_exp`.

@@ -250,10 +250,12 @@ fn params(outer: usize, classes: usize, inner: usize, ls: f64) -> CeParams {
     }
 }
 
-/// Shapes at the tails: one class, vector-width tails, several blocks, strided layouts with
-/// more positions than a tile.
-const SHAPES: [(usize, usize, usize); 8] = [
+/// Shapes at the tails: one class, short rows over several runs, vector-width tails, several
+/// blocks, strided layouts with more positions than a tile.
+const SHAPES: [(usize, usize, usize); 10] = [
     (5, 1, 1),
+    (300, 1, 1),
+    (100, 7, 1),
     (3, 7, 1),
     (4, 37, 1),
     (3, BLOCK + 45, 1),
