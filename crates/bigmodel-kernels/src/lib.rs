@@ -5,6 +5,7 @@
 //! one generic body per kernel, compiled once per instruction set, so a portable wheel still
 //! runs AVX2 or AVX-512 code where the CPU has it.
 
+pub mod buffer_cache;
 pub mod cpu;
 pub mod element;
 pub mod error;

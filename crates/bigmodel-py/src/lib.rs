@@ -11,6 +11,7 @@ mod attention;
 mod conv2d;
 mod cross_entropy;
 mod cuda;
+mod dlpack;
 mod errors;
 mod max_pool2d;
 mod tensors;
@@ -66,6 +67,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(detected_isa, m)?)?;
     m.add_function(wrap_pyfunction!(set_isa, m)?)?;
     m.add_function(wrap_pyfunction!(adam::adam_step, m)?)?;
+    m.add_function(wrap_pyfunction!(dlpack::grad_buffer, m)?)?;
+    m.add_function(wrap_pyfunction!(dlpack::release_buffer_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(dlpack::buffer_cache_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy::cross_entropy_forward, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy::cross_entropy_backward, m)?)?;
     m.add_function(wrap_pyfunction!(

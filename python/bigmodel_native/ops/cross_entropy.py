@@ -103,6 +103,32 @@ def _kw(input: Tensor, reduction: int, label_smoothing: float) -> dict:
     )
 
 
+_DLPACK_DTYPES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.bfloat16: "bfloat16",
+    torch.float16: "float16",
+}
+#: Gradients at least this large come from the kernels' buffer cache (buffer_cache.rs).
+_CACHED_MIN_BYTES = 8 << 20
+
+
+def _new_grad(input: Tensor) -> Tensor:
+    """A contiguous CPU buffer shaped like ``input`` for its gradient.
+
+    Large ones come from the kernels' one-slot cache (``bigmodel_kernels::buffer_cache``): each
+    training step's logits-sized gradient reuses the previous step's released mapping instead
+    of faulting in and zeroing fresh pages, which costs as long as the loss itself. A released
+    mapping stays reclaimable by the system (``MADV_FREE``); :func:`bigmodel_native.empty_cache`
+    unmaps it.
+    """
+    if input.nbytes >= _CACHED_MIN_BYTES:
+        capsule = _native.grad_buffer(list(input.shape), _DLPACK_DTYPES[input.dtype])
+        if capsule is not None:
+            return torch.from_dlpack(capsule)
+    return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
 def _index_target(target: Tensor) -> Tensor:
     return target if target.dtype == torch.int64 else target.long()
 
@@ -200,7 +226,7 @@ def _backward_cpu(
 ) -> Tensor:
     if not target.is_floating_point():
         target = _index_target(target)
-    grad_input = torch.empty_like(input, memory_format=torch.contiguous_format)
+    grad_input = _new_grad(input)
     _native.cross_entropy_backward(
         grad_output.contiguous(), input.contiguous(), grad_input, target.contiguous(), _opt(weight),
         lse.contiguous(), asum.contiguous(), total_weight.contiguous(),
@@ -391,7 +417,7 @@ def _fused_backward(ctx, grad_loss: Tensor) -> tuple:
     (input,) = ctx.saved_tensors
     grad, ctx.grad_input = ctx.grad_input, None  # autograd owns it from here
     if grad is None:  # a second backward through a retained graph
-        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+        grad = _new_grad(input)
         _loss_cpu(input, *ctx.args, grad)
     if ctx.args[2] == 0 and grad_loss.dim() > 0:  # reduction "none": one value per row
         grad.mul_(grad_loss.unsqueeze(-1))
@@ -419,7 +445,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):  # type: ignore[override]
-        grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+        grad = _new_grad(input)
         loss = _loss_cpu(input, target, weight, reduction, ignore_index, label_smoothing, grad)
         ctx.save_for_backward(input)  # autograd then catches in-place changes of the logits
         # Only a retained graph's second backward reads these (neither requires grad here).
@@ -441,6 +467,18 @@ def _check(
     input: Tensor, target: Tensor, weight: Tensor | None, ignore_index: int, label_smoothing: float
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """torch's argument checks, in torch's order, with its exception classes and messages."""
+    if weight is None and label_smoothing <= 1.0 and input.is_cpu and target.is_cpu:
+        # The common call, (N, C) CPU logits and N class indices, passes every check below; it
+        # is decided here in a fraction of the time (this runs on every call, however small).
+        ishape, tshape = input.shape, target.shape
+        if (
+            len(ishape) == 2
+            and len(tshape) == 1
+            and tshape[0] == ishape[0]
+            and target.dtype is torch.int64
+            and input.dtype in _FLOATS
+        ):
+            return input, target, weight
     _check_devices(input, target, weight)
     if input.dim() == 0:
         raise IndexError("Dimension specified as 1 but tensor has no dimensions")
