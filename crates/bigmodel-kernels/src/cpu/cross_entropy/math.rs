@@ -269,11 +269,17 @@ pub fn exp_all<T: CeElement>(v: &mut [T::Acc]) {
     }
 }
 
-/// [`sum_exp`] that also stores each `exp(x_j - m)` in `e` (as long as `x`).
+/// [`sum_exp`] that also stores each `exp(x_j - m)`, converted by `put`, in `e` (as long as
+/// `x`): into the gradient buffer itself, or into a row of `T::Acc` scratch.
 ///
 /// The pairs of chunks keep the loop free of bounds checks, so it vectorises like `sum_exp`.
 #[inline(always)]
-pub fn sum_exp_store<T: CeElement>(x: &[T], m: T::Acc, e: &mut [T]) -> T::Acc {
+pub fn sum_exp_store<T: CeElement, D>(
+    x: &[T],
+    m: T::Acc,
+    e: &mut [D],
+    put: impl Fn(T::Acc) -> D,
+) -> T::Acc {
     assert_eq!(e.len(), x.len());
     let mut acc = [<T::Acc as Real>::ZERO; LANES];
     let mut xs = x.chunks_exact(LANES);
@@ -281,35 +287,36 @@ pub fn sum_exp_store<T: CeElement>(x: &[T], m: T::Acc, e: &mut [T]) -> T::Acc {
     for (xc, ec) in (&mut xs).zip(&mut es) {
         for l in 0..LANES {
             let v = T::exp_acc(xc[l].load() - m);
-            ec[l] = T::store(v);
+            ec[l] = put(v);
             acc[l] = acc[l] + v;
         }
     }
     let tail = xs.remainder().iter().zip(es.into_remainder());
     for (l, (xv, ev)) in tail.enumerate() {
         let v = T::exp_acc(xv.load() - m);
-        *ev = T::store(v);
+        *ev = put(v);
         acc[l] = acc[l] + v;
     }
     hsum(acc)
 }
 
-/// [`sum_exp_weighted`] that also stores each `exp(x_j - m)` in `e` (as long as `x`).
+/// [`sum_exp_weighted`] that also stores each `exp(x_j - m)` as [`sum_exp_store`] does.
 #[inline(always)]
-pub fn sum_exp_weighted_store<T: CeElement>(
+pub fn sum_exp_weighted_store<T: CeElement, D>(
     x: &[T],
     m: T::Acc,
     coef: impl Fn(usize) -> T::Acc,
-    e: &mut [T],
+    e: &mut [D],
+    put: impl Fn(T::Acc) -> D,
 ) -> (T::Acc, T::Acc, T::Acc) {
     assert_eq!(e.len(), x.len());
     let zero = <T::Acc as Real>::ZERO;
     let (mut s, mut sa, mut asum) = ([zero; LANES], [zero; LANES], [zero; LANES]);
-    let mut term = |l: usize, j: usize, xv: &T, ev: &mut T| {
+    let mut term = |l: usize, j: usize, xv: &T, ev: &mut D| {
         let d = xv.load() - m;
         let a = coef(j);
         let v = T::exp_acc(d);
-        *ev = T::store(v);
+        *ev = put(v);
         s[l] = s[l] + v;
         sa[l] = sa[l] + a * d;
         asum[l] = asum[l] + a;

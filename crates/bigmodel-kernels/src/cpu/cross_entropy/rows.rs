@@ -48,10 +48,9 @@ pub(super) fn fusable<T: CeElement>(job: &Job<'_, T>, rows: usize) -> bool {
 /// The forward of each run of rows followed at once by its gradient (upstream `up`), while the
 /// run (at least [`TASK_ELEMS`] logits, a few hundred KiB at most) is still in cache.
 ///
-/// With f32 and f64 logits each row's `exp(x - max)` is stored straight into the gradient
-/// buffer by the forward's sum and then only rescaled ([`fused_rows`]): one `exp` per logit
-/// instead of two. bf16 and f16 would round those terms before the rescale, so they run the
-/// row's forward and then its backward as [`backward`] does.
+/// Each row's `exp(x - max)` is stored by the forward's sum and then only rescaled
+/// ([`fused_rows`]): one `exp` per logit instead of two. f32 and f64 store it straight into the
+/// gradient buffer; bf16 and f16, which would round it there, into a row of f32 scratch.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_grad<T: CeElement>(
     job: &Job<'_, T>,
@@ -69,51 +68,30 @@ pub(super) fn forward_grad<T: CeElement>(
     let tasks: Vec<_> = outs.into_iter().zip(grad.chunks_mut(per * c)).collect();
     let full_precision = std::mem::size_of::<T>() == std::mem::size_of::<T::Acc>();
     run_all(tasks, |(out, dst)| {
-        if full_precision {
-            return fused_chunk(job, mode, up, x, out, dst);
+        let mut scratch = Vec::new();
+        if !full_precision && c >= math::LANES {
+            scratch.resize(c, <T::Acc as Real>::ZERO);
         }
-        let r0 = out.r0;
-        let sum = fwd_chunk(
-            job,
-            mode,
-            x,
-            RowOut {
-                r0,
-                lse: &mut *out.lse,
-                asum: &mut *out.asum,
-                loss: &mut *out.loss,
-            },
-        );
-        let g = BwdArgs {
-            job,
-            mode,
-            up,
-            grad_output: &[],
-            lse: &*out.lse,
-            asum: &*out.asum,
-            r_base: r0,
-        };
-        bwd_chunk(&g, Some(x), r0, 0, dst);
-        sum
+        fused_chunk(job, mode, up, x, out, dst, &mut scratch)
     })
 }
 
 crate::dispatch_isa! {
-    fn fused_chunk<T: CeElement>(job: &Job<'_, T>, mode: u8, up: &Upstream<T::Acc>, x: &[T], out: RowOut<'_, T>, dst: &mut [T]) -> f64 {
+    fn fused_chunk<T: CeElement>(job: &Job<'_, T>, mode: u8, up: &Upstream<T::Acc>, x: &[T], out: RowOut<'_, T>, dst: &mut [T], scratch: &mut [T::Acc]) -> f64 {
         match (mode, job.w.is_empty()) {
-            (PLAIN, _) => fused_rows::<T, PLAIN, false>(job, up, x, out, dst),
-            (SMOOTH, true) => fused_rows::<T, SMOOTH, false>(job, up, x, out, dst),
-            (SMOOTH, false) => fused_rows::<T, SMOOTH, true>(job, up, x, out, dst),
-            (_, true) => fused_rows::<T, PROB, false>(job, up, x, out, dst),
-            (_, false) => fused_rows::<T, PROB, true>(job, up, x, out, dst),
+            (PLAIN, _) => fused_rows::<T, PLAIN, false>(job, up, x, out, dst, scratch),
+            (SMOOTH, true) => fused_rows::<T, SMOOTH, false>(job, up, x, out, dst, scratch),
+            (SMOOTH, false) => fused_rows::<T, SMOOTH, true>(job, up, x, out, dst, scratch),
+            (_, true) => fused_rows::<T, PROB, false>(job, up, x, out, dst, scratch),
+            (_, false) => fused_rows::<T, PROB, true>(job, up, x, out, dst, scratch),
         }
     }
 }
 
 /// Loss and gradient of whole rows from `out.r0` (`dst` holds their gradient), three passes
 /// per row: the maximum (the row's one read from memory), `e_c = exp(x_c - max)` summed and
-/// stored in `dst`, then `dst_c = g A e_c / s - g a_c` (`exp(x - lse) = e / s`). The row and
-/// its gradient stay in cache across the passes.
+/// stored (in `dst`, or in `scratch` when it is a row long), then `dst_c = g A e_c / s - g a_c`
+/// (`exp(x - lse) = e / s`). The row and its exps stay in cache across the passes.
 ///
 /// Special values end as in the backward: a row of only -inf has `s = 0` and a NaN or +inf
 /// logit makes `s` NaN, so `A e / s` is NaN across the row (torch's softmax there); an ignored
@@ -125,11 +103,13 @@ fn fused_rows<T: CeElement, const M: u8, const W: bool>(
     x: &[T],
     out: RowOut<'_, T>,
     dst: &mut [T],
+    scratch: &mut [T::Acc],
 ) -> f64 {
     let c = job.classes;
     if c < math::LANES {
         return short_rows::<T, M, W>(job, x, out, Some((up, dst)));
     }
+    let in_scratch = scratch.len() == c;
     let w = if W { job.w } else { &[] };
     let mut sum = 0.0f64;
     for (i, gd) in dst.chunks_exact_mut(c).enumerate() {
@@ -140,15 +120,16 @@ fn fused_rows<T: CeElement, const M: u8, const W: bool>(
         } else {
             &[]
         };
+        let coef = |j: usize| coef::<T, M, W>(w, pr, j, job.keep, job.add);
         let mut st = Stats::empty::<T>();
         st.m = math::max(xr);
         let m = st.reference::<T>();
-        if M == PLAIN {
-            st.s = math::sum_exp_store(xr, m, gd);
-        } else {
-            let coef = |j: usize| coef::<T, M, W>(w, pr, j, job.keep, job.add);
-            (st.s, st.sa, st.asum) = math::sum_exp_weighted_store(xr, m, coef, gd);
-        }
+        (st.s, st.sa, st.asum) = match (M == PLAIN, in_scratch) {
+            (true, false) => (math::sum_exp_store(xr, m, gd, T::store), st.sa, st.asum),
+            (true, true) => (math::sum_exp_store(xr, m, scratch, |v| v), st.sa, st.asum),
+            (false, false) => math::sum_exp_weighted_store(xr, m, coef, gd, T::store),
+            (false, true) => math::sum_exp_weighted_store(xr, m, coef, scratch, |v| v),
+        };
         let (loss, lse) = row_result::<T, M>(&st, job, r, xr);
         out.lse[i] = lse;
         if M == PROB {
@@ -162,13 +143,19 @@ fn fused_rows<T: CeElement, const M: u8, const W: bool>(
         let (gr, a, t) = row_grad_consts::<T, M>(job, r, up.scale, || st.asum);
         let k = gr * a / st.s;
         let gc = if M == SMOOTH { gr * job.add } else { gr };
-        let et = t.map(|t| gd[t].load());
-        for (j, o) in gd.iter_mut().enumerate() {
-            *o = T::store(k * o.load() - gc * coef::<T, M, W>(w, pr, j, job.keep, job.add));
+        let e_of = |gd: &[T], j: usize| if in_scratch { scratch[j] } else { gd[j].load() };
+        let et = t.map(|t| e_of(gd, t));
+        if in_scratch {
+            for (j, (o, &v)) in gd.iter_mut().zip(scratch.iter()).enumerate() {
+                *o = T::store(k * v - gc * coef(j));
+            }
+        } else {
+            for (j, o) in gd.iter_mut().enumerate() {
+                *o = T::store(k * o.load() - gc * coef(j));
+            }
         }
         if let (Some(t), Some(et)) = (t, et) {
-            let ct = coef::<T, M, W>(w, pr, t, job.keep, job.add);
-            gd[t] = T::store(k * et - gc * ct - gr * job.keep * job.weight_of(t));
+            gd[t] = T::store(k * et - gc * coef(t) - gr * job.keep * job.weight_of(t));
         }
     }
     sum
