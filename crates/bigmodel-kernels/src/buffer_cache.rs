@@ -10,7 +10,8 @@
 //! A released mapping is not hoarded: it is marked `MADV_FREE`, so the kernel may take its
 //! pages back whenever memory runs short (they then fault in as zero pages again), and until
 //! then a reuse writes them with no fault. At most one mapping is kept; a request whose size is
-//! not within 1/8 of it unmaps it. [`release`] unmaps it at once, and
+//! not within 1/8 of it unmaps it. The slot's lock is only tried, never waited for (see
+//! [`try_lock`]). [`release`] unmaps it at once, and
 //! `BIGMODEL_NATIVE_NO_BUFFER_CACHE` turns the cache off (every buffer is unmapped when freed).
 //! Only Linux has these mappings; elsewhere [`LargeBuffer::new`] returns None and callers
 //! allocate as usual.
@@ -35,7 +36,7 @@ impl LargeBuffer {
             return None;
         }
         let len = bytes.checked_next_multiple_of(sys::HUGE)?;
-        let cached = lock().take();
+        let cached = try_lock().and_then(|mut slot| slot.take());
         match cached {
             Some(m) if m.len >= len && m.len - len <= len / 8 => Some(LargeBuffer { map: m }),
             other => {
@@ -65,29 +66,41 @@ impl Drop for LargeBuffer {
             return; // dropping `map` unmaps it
         }
         map.mark_free();
-        let mut slot = lock();
-        if slot.is_none() {
-            *slot = Some(map);
-        } // else (a second buffer was live) `map` is unmapped as it goes out of scope, after the
-          // guard (declared later, dropped first) has released the lock
+        if let Some(mut slot) = try_lock() {
+            if slot.is_none() {
+                *slot = Some(map);
+            }
+        } // else (a second buffer was live, or the slot was busy) `map` is unmapped as it goes
+          // out of scope, after the guard (declared later, dropped first) released the lock
     }
 }
 
 /// Unmaps the cached mapping, if any. Returns the bytes given back.
 pub fn release() -> usize {
-    lock().take().map_or(0, |m| m.len)
+    try_lock()
+        .and_then(|mut slot| slot.take())
+        .map_or(0, |m| m.len)
 }
 
 /// Bytes held by the cache now.
 pub fn cached_bytes() -> usize {
-    lock().as_ref().map_or(0, |m| m.len)
+    try_lock()
+        .and_then(|slot| slot.as_ref().map(|m| m.len))
+        .unwrap_or(0)
 }
 
 static SLOT: Mutex<Option<Mapping>> = Mutex::new(None);
 
-fn lock() -> std::sync::MutexGuard<'static, Option<Mapping>> {
-    // A poisoned lock only means a panic elsewhere while holding it; the slot is still valid.
-    SLOT.lock().unwrap_or_else(|e| e.into_inner())
+/// The slot, unless another thread holds it right now: then the caller does without the cache
+/// (a fresh mapping, or an unmap) rather than wait. The lock is only ever held for a swap, so
+/// this is rare; and it cannot deadlock a process forked while another thread held the lock.
+fn try_lock() -> Option<std::sync::MutexGuard<'static, Option<Mapping>>> {
+    match SLOT.try_lock() {
+        Ok(guard) => Some(guard),
+        // A poisoned lock only means a panic elsewhere while holding it; the slot is still valid.
+        Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
 }
 
 fn disabled() -> bool {
