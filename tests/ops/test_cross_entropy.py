@@ -136,6 +136,26 @@ def test_gradient_written_by_the_forward(dtype, reduction):
         loss.sum().backward()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(33, 300), (300,), (40, 7)], ids=str)
+def test_gradient_written_by_the_forward_with_probability_targets(dtype, shape):
+    # Probability targets that need no gradient take the same fused path as class indices.
+    g = torch.Generator().manual_seed(4)
+    dim = 0 if len(shape) == 1 else 1
+    x64 = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    t64 = torch.randn(shape, generator=g, dtype=torch.float64).softmax(dim)
+    w = torch.rand(shape[dim], generator=g, dtype=torch.float64) + 0.5
+    for kw in (dict(), dict(weight=w, label_smoothing=0.2, reduction="sum"), dict(reduction="none")):
+        ours_kw = {**kw, "weight": w.to(dtype)} if "weight" in kw else kw
+        x = x64.to(dtype).requires_grad_()
+        loss = cross_entropy(x, t64.to(dtype), **ours_kw)
+        gy = torch.rand(loss.shape, generator=g, dtype=torch.float64) + 0.5
+        (got,) = torch.autograd.grad(loss, x, gy.to(dtype))
+        xr = x.detach().double().requires_grad_()
+        (want,) = torch.autograd.grad(F.cross_entropy(xr, t64.to(dtype).double(), **kw), xr, gy)
+        torch.testing.assert_close(got.double(), want, **_tol(dtype))
+
+
 def test_upstream_gradient_that_requires_grad_takes_the_backward_op():
     # With create_graph and an upstream gradient that requires grad, the forward's gradient is
     # not used (scaling it in place would record a half graph); the backward op computes it.

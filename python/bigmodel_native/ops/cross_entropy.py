@@ -624,7 +624,13 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """``torch.nn.functional.cross_entropy`` by the fused kernels (Rust on CPU, CUDA on the GPU)."""
+    """``torch.nn.functional.cross_entropy`` by the fused kernels (Rust on CPU, CUDA on the GPU).
+
+    On CPU, when ``input`` requires grad (and grad mode is on), the forward also writes the
+    gradient of ``input``, reading the logits only once; the backward then merely scales it.
+    That buffer (the size of ``input``) is held from the forward to the backward, where torch
+    would allocate it; compute losses you will not differentiate under ``torch.no_grad()``.
+    """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
