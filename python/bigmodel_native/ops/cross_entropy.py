@@ -159,12 +159,30 @@ def _forward_cpu(
     lse = torch.empty(rows, dtype=acc)
     asum = torch.empty(rows if prob else 0, dtype=acc)
     total_weight = torch.empty(1, dtype=acc)
-    _native.cross_entropy_forward(
-        input.contiguous(), target.contiguous(), _opt(weight), loss, lse, asum, total_weight,
-        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, num_threads=get_num_threads(),
-    )  # fmt: skip
+    stats = (lse, asum, total_weight)
+    _native_forward(input, target, weight, reduction, ignore_index, label_smoothing, loss, stats)
     return loss, lse, asum, total_weight
+
+
+def _native_forward(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None,
+    reduction: int,
+    ignore_index: int,
+    label_smoothing: float,
+    loss: Tensor,
+    stats: tuple[Tensor, Tensor, Tensor] | tuple[None, None, None],
+    grad_input: Tensor | None = None,
+) -> None:
+    """The Rust forward into ``loss`` (and ``stats``: lse, asum, total_weight, or Nones for
+    scratch); ``target`` is int64 indices or probabilities."""
+    outer, classes, inner = _layout(input)
+    _native.cross_entropy_forward(
+        input.contiguous(), target.contiguous(), _opt(weight), loss, *stats,
+        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
+        label_smoothing=label_smoothing, num_threads=get_num_threads(), grad_input=grad_input,
+    )  # fmt: skip
 
 
 def _loss_cpu(
@@ -178,17 +196,13 @@ def _loss_cpu(
 ) -> Tensor:
     """The loss alone, its statistics kept in scratch memory; with ``grad_input`` (contiguous,
     the input's shape) the logits' gradient for an upstream gradient of 1 is written too."""
-    outer, classes, inner = _layout(input)
-    if classes == 0:  # nothing to differentiate; the op's forward covers the empty rows
+    if input.shape[-1 if input.dim() == 1 else 1] == 0:  # no class: the op's forward covers it
         return _forward_cpu(input, target, weight, reduction, ignore_index, label_smoothing)[0]
     if not target.is_floating_point():
         target = _index_target(target)
     loss = torch.empty(_loss_shape(input, target, reduction), dtype=input.dtype)
-    _native.cross_entropy_forward(
-        input.contiguous(), target.contiguous(), _opt(weight), loss, None, None, None,
-        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, num_threads=get_num_threads(), grad_input=grad_input,
-    )  # fmt: skip
+    stats = (None, None, None)
+    _native_forward(input, target, weight, reduction, ignore_index, label_smoothing, loss, stats, grad_input)
     return loss
 
 

@@ -341,6 +341,28 @@ pub(crate) struct RowOut<'a, T: CeElement> {
     pub loss: &'a mut [T],
 }
 
+impl<T: CeElement> RowOut<'_, T> {
+    /// Stores row `r0 + i`'s log-sum-exp, its `A` (probability targets) and its loss (where
+    /// kept per row); returns the loss, for the sum.
+    #[inline(always)]
+    pub fn put<const M: u8>(
+        &mut self,
+        i: usize,
+        st: &Stats<T::Acc>,
+        loss: T::Acc,
+        lse: T::Acc,
+    ) -> f64 {
+        self.lse[i] = lse;
+        if M == PROB {
+            self.asum[i] = st.asum;
+        }
+        if let Some(l) = self.loss.get_mut(i) {
+            *l = T::store(loss);
+        }
+        loss.to_f64()
+    }
+}
+
 /// Splits the per-row outputs into runs of `per` rows.
 pub(crate) fn split_rows<'a, T: CeElement>(
     mut lse: &'a mut [T::Acc],

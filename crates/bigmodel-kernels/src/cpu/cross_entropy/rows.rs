@@ -101,7 +101,7 @@ fn fused_rows<T: CeElement, const M: u8, const W: bool>(
     job: &Job<'_, T>,
     up: &Upstream<T::Acc>,
     x: &[T],
-    out: RowOut<'_, T>,
+    mut out: RowOut<'_, T>,
     dst: &mut [T],
     scratch: &mut [T::Acc],
 ) -> f64 {
@@ -131,14 +131,7 @@ fn fused_rows<T: CeElement, const M: u8, const W: bool>(
             (false, true) => math::sum_exp_weighted_store(xr, m, coef, scratch, |v| v),
         };
         let (loss, lse) = row_result::<T, M>(&st, job, r, xr);
-        out.lse[i] = lse;
-        if M == PROB {
-            out.asum[i] = st.asum;
-        }
-        if let Some(l) = out.loss.get_mut(i) {
-            *l = T::store(loss);
-        }
-        sum += loss.to_f64();
+        sum += out.put::<M>(i, &st, loss, lse);
 
         let (gr, a, t) = row_grad_consts::<T, M>(job, r, up.scale, || st.asum);
         let k = gr * a / st.s;
@@ -178,7 +171,7 @@ crate::dispatch_isa! {
 fn fwd_rows<T: CeElement, const M: u8, const W: bool>(
     job: &Job<'_, T>,
     x: &[T],
-    out: RowOut<'_, T>,
+    mut out: RowOut<'_, T>,
 ) -> f64 {
     let c = job.classes;
     if c < math::LANES {
@@ -195,14 +188,7 @@ fn fwd_rows<T: CeElement, const M: u8, const W: bool>(
         };
         let st = seg_stats::<T, M, W>(xr, job.w, pr, job.keep, job.add);
         let (loss, lse) = row_result::<T, M>(&st, job, r, xr);
-        out.lse[i] = lse;
-        if M == PROB {
-            out.asum[i] = st.asum;
-        }
-        if let Some(l) = out.loss.get_mut(i) {
-            *l = T::store(loss);
-        }
-        sum += loss.to_f64();
+        sum += out.put::<M>(i, &st, loss, lse);
     }
     sum
 }
@@ -218,7 +204,7 @@ const SHORT_RUN: usize = 256;
 fn short_rows<T: CeElement, const M: u8, const W: bool>(
     job: &Job<'_, T>,
     x: &[T],
-    out: RowOut<'_, T>,
+    mut out: RowOut<'_, T>,
     mut grad: Option<(&Upstream<T::Acc>, &mut [T])>,
 ) -> f64 {
     let c = job.classes; // 1..LANES
@@ -255,14 +241,7 @@ fn short_rows<T: CeElement, const M: u8, const W: bool>(
             let (r, xr, pr) = (r0 + i, &x[row(i)], prob(i));
             st.s = er.iter().fold(zero, |a, &v| a + v);
             let (loss, lse) = row_result::<T, M>(st, job, r, xr);
-            out.lse[i0 + i] = lse;
-            if M == PROB {
-                out.asum[i0 + i] = st.asum;
-            }
-            if let Some(l) = out.loss.get_mut(i0 + i) {
-                *l = T::store(loss);
-            }
-            sum += loss.to_f64();
+            sum += out.put::<M>(i0 + i, st, loss, lse);
             if let Some((up, dst)) = grad.as_mut() {
                 let gd = &mut dst[(i0 + i) * c..(i0 + i + 1) * c];
                 let (gr, a, t) = row_grad_consts::<T, M>(job, r, up.scale, || st.asum);
