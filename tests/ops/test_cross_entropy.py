@@ -156,15 +156,51 @@ def test_gradient_written_by_the_forward_with_probability_targets(dtype, shape):
         torch.testing.assert_close(got.double(), want, **_tol(dtype))
 
 
-def test_upstream_gradient_that_requires_grad_takes_the_backward_op():
-    # With create_graph and an upstream gradient that requires grad, the forward's gradient is
-    # not used (scaling it in place would record a half graph); the backward op computes it.
-    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+def test_create_graph_raises_instead_of_a_wrong_second_derivative():
+    # The fused kernel has no second derivative: a gradient built with create_graph=True would
+    # silently miss the terms through the logits, so the backward refuses it.
+    w = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(4, 5, dtype=torch.float64) * w
     t = torch.tensor([0, 1, 2, 3])
-    gy = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
-    (gx,) = torch.autograd.grad(cross_entropy(x, t), x, gy, create_graph=True)
-    (gr,) = torch.autograd.grad(F.cross_entropy(x, t), x, gy.detach())
-    torch.testing.assert_close(gx, gr)
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.grad(cross_entropy(x, t), x, create_graph=True)
+
+
+def test_in_place_changes_of_target_or_weight_are_caught_before_a_second_backward():
+    x = torch.randn(4, 5, requires_grad=True)
+    t = torch.tensor([0, 1, 2, 3])
+    w = torch.rand(5) + 0.5
+    for change in ("target", "weight"):
+        loss = cross_entropy(x, t.clone() if change == "target" else t, weight=w.clone())
+        torch.autograd.grad(loss, x, retain_graph=True)
+        fn = loss.grad_fn
+        saved = fn.saved_tensors
+        (saved[1] if change == "target" else saved[2]).add_(1)  # the tensors the loss was computed with
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            torch.autograd.grad(loss, x)
+
+
+def test_float16_keeps_small_gradients_under_a_large_upstream_gradient():
+    # float16 is not fused: a gradient rounded for an upstream 1 and scaled afterwards would
+    # flush the small entries that loss scaling is meant to keep.
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(256, 512, generator=g) * 3).half().requires_grad_()
+    t = torch.randint(0, 512, (256,), generator=g)
+    (got,) = torch.autograd.grad(cross_entropy(x, t), x, torch.tensor(1024.0, dtype=torch.float16))
+    xr = x.detach().float().requires_grad_()
+    (want,) = torch.autograd.grad(F.cross_entropy(xr, t), xr, torch.tensor(1024.0))
+    assert (got == 0).sum() <= (want.half() == 0).sum()
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("prob", [False, True], ids=["index", "prob"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_classes(prob, reduction):
+    x = torch.randn(5, 0, requires_grad=True)
+    t = torch.randn(5, 0).softmax(1) if prob else torch.full((5,), -100)
+    got = cross_entropy(x, t, reduction=reduction)
+    want = F.cross_entropy(x, t, reduction=reduction)
+    torch.testing.assert_close(got, want, equal_nan=True)
 
 
 @pytest.mark.parametrize("isa", available_isas())

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
@@ -425,53 +424,50 @@ class _CrossEntropy(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
-def _fused_backward(ctx, grad_loss: Tensor) -> tuple:
-    """:class:`_FusedCrossEntropy`'s backward. ``once_differentiable`` costs about 10 us per call,
-    as much as the whole backward at small sizes, so it wraps only the create_graph case."""
-    (input,) = ctx.saved_tensors
-    grad, ctx.grad_input = ctx.grad_input, None  # autograd owns it from here
-    if grad is None:  # a second backward through a retained graph
-        grad = _new_grad(input)
-        _loss_cpu(input, *ctx.args, grad)
-    if ctx.args[2] == 0 and grad_loss.dim() > 0:  # reduction "none": one value per row
-        grad.mul_(grad_loss.unsqueeze(-1))
-    elif grad_loss.item() != 1.0:
-        grad.mul_(grad_loss)
-    return grad, None, None, None, None, None
-
-
-_once_differentiable_fused_backward = once_differentiable(_fused_backward)
-
-
 class _FusedCrossEntropy(torch.autograd.Function):
     """Plain eager training on ``(N, C)`` or ``(C,)`` CPU logits: the forward writes the gradient.
 
     A loss computed with gradients enabled is almost always differentiated, so the forward
     writes the logits' gradient for an upstream gradient of 1 while each run of rows is still in
     cache (as Liger Kernel's fused loss does): the logits are read once instead of twice, and
-    with f32/f64 each ``exp`` is computed once. The backward only scales that buffer by the real
-    upstream gradient (nothing to do when it is 1, as for ``loss.backward()``) and hands it to
-    autograd. The buffer lives from the forward to the first backward, where the unfused path
-    would allocate it; a second backward (``retain_graph=True``) recomputes it with the same
-    kernel, so both give the same bits. The gradient is not itself differentiable
-    (``once_differentiable``: a double backward raises instead of returning a wrong result).
+    each ``exp`` is computed once. The backward only scales that buffer by the real upstream
+    gradient (nothing to do when it is 1, as for ``loss.backward()``) and hands it to autograd.
+    The buffer lives from the forward to the first backward, where the unfused path would
+    allocate it; a second backward (``retain_graph=True``) recomputes it with the same kernel,
+    so both give the same bits. float16 logits are not fused (see :func:`_run`).
+
+    The kernel has no second derivative: a backward with ``create_graph=True`` raises rather
+    than return a gradient whose own gradient would silently be wrong.
     """
 
     @staticmethod
     def forward(ctx, input, target, weight, reduction, ignore_index, label_smoothing):  # type: ignore[override]
         grad = _new_grad(input)
         loss = _loss_cpu(input, target, weight, reduction, ignore_index, label_smoothing, grad)
-        ctx.save_for_backward(input)  # autograd then catches in-place changes of the logits
-        # Only a retained graph's second backward reads these (neither requires grad here).
-        ctx.args = (target, weight, reduction, ignore_index, label_smoothing)
+        # Saved so that autograd catches in-place changes of any of them before a backward.
+        ctx.save_for_backward(input, target, weight)
+        ctx.args = (reduction, ignore_index, label_smoothing)
         ctx.grad_input = grad
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor) -> tuple:  # type: ignore[override]
-        if torch.is_grad_enabled():  # create_graph=True: torch's wrapper makes a double backward raise
-            return _once_differentiable_fused_backward(ctx, grad_loss)
-        return _fused_backward(ctx, grad_loss)
+        if torch.is_grad_enabled():  # only with create_graph=True
+            raise RuntimeError(
+                "bigmodel_native.ops.cross_entropy: create_graph=True (a double backward) is not "
+                "supported, the fused kernel has no second derivative; use "
+                "torch.nn.functional.cross_entropy where higher-order gradients are needed"
+            )
+        input, target, weight = ctx.saved_tensors
+        grad, ctx.grad_input = ctx.grad_input, None  # autograd owns it from here
+        if grad is None:  # a second backward through a retained graph
+            grad = _new_grad(input)
+            _loss_cpu(input, target, weight, *ctx.args, grad)
+        if ctx.args[0] == 0 and grad_loss.dim() > 0:  # reduction "none": one value per row
+            grad.mul_(grad_loss.unsqueeze(-1))
+        elif grad_loss.item() != 1.0:
+            grad.mul_(grad_loss)
+        return grad, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- public API
@@ -620,7 +616,10 @@ def _run(
         return OPS.cross_entropy_forward(*args)[0]
     other_grads = target.requires_grad or (weight is not None and weight.requires_grad)
     if torch.is_grad_enabled() and (input.requires_grad or other_grads):
-        if input.is_cpu and input.requires_grad and not (inplace or other_grads) and input.dim() <= 2:
+        # float16 is not fused: its gradient, rounded for an upstream 1 and scaled afterwards,
+        # would lose what a large upstream gradient (loss scaling) should have kept.
+        fusable = input.is_cpu and input.dim() <= 2 and input.dtype is not torch.float16
+        if fusable and input.requires_grad and not (inplace or other_grads):
             return _FusedCrossEntropy.apply(input, target, weight, reduction, ignore_index, label_smoothing)
         return _CrossEntropy.apply(*args)[0]
     if input.is_cpu:

@@ -174,7 +174,7 @@ fn fwd_rows<T: CeElement, const M: u8, const W: bool>(
     mut out: RowOut<'_, T>,
 ) -> f64 {
     let c = job.classes;
-    if c < math::LANES {
+    if (1..math::LANES).contains(&c) {
         return short_rows::<T, M, W>(job, x, out, None);
     }
     let mut sum = 0.0f64;
@@ -207,7 +207,7 @@ fn short_rows<T: CeElement, const M: u8, const W: bool>(
     mut out: RowOut<'_, T>,
     mut grad: Option<(&Upstream<T::Acc>, &mut [T])>,
 ) -> f64 {
-    let c = job.classes; // 1..LANES
+    let c = job.classes; // 1..LANES (callers check)
     let w = if W { job.w } else { &[] };
     let zero = <T::Acc as Real>::ZERO;
     let per = SHORT_RUN / c;
