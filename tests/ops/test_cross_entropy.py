@@ -156,14 +156,19 @@ def test_gradient_written_by_the_forward_with_probability_targets(dtype, shape):
         torch.testing.assert_close(got.double(), want, **_tol(dtype))
 
 
-def test_create_graph_raises_instead_of_a_wrong_second_derivative():
-    # The fused kernel has no second derivative: a gradient built with create_graph=True would
-    # silently miss the terms through the logits, so the backward refuses it.
-    w = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(4, 5, dtype=torch.float64) * w
-    t = torch.tensor([0, 1, 2, 3])
-    with pytest.raises(RuntimeError, match="create_graph=True"):
-        torch.autograd.grad(cross_entropy(x, t), x, create_graph=True)
+@pytest.mark.parametrize("shape", [(4, 5), (2, 5, 3)], ids=["fused", "K-dim"])
+def test_create_graph_gives_the_gradient_and_refuses_a_second_derivative(shape):
+    # The kernels have no second derivative: with create_graph=True the gradient is right, and
+    # differentiating through it raises instead of silently missing the terms through the logits.
+    w = torch.randn(5, 1, 1)[: shape[1]].reshape(-1, *[1] * (len(shape) - 2)) + 2
+    w = w.double().requires_grad_()
+    x = torch.randn(shape, dtype=torch.float64) * w
+    t = torch.randint(0, 5, (shape[0], *shape[2:]))
+    (gx,) = torch.autograd.grad(cross_entropy(x, t), x, create_graph=True)
+    (want,) = torch.autograd.grad(F.cross_entropy(x, t), x, retain_graph=True)
+    torch.testing.assert_close(gx, want)
+    with pytest.raises(RuntimeError, match="no double backward"):
+        (gx**2).sum().backward()
 
 
 def test_in_place_changes_of_target_or_weight_are_caught_before_a_second_backward():

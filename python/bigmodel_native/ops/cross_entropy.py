@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._C import _functions
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
@@ -350,6 +351,20 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     ctx.mark_non_differentiable(lse, asum, total_weight)
 
 
+_DOUBLE_BACKWARD = (
+    b"bigmodel_native.cross_entropy has no double backward: trying to differentiate twice through its "
+    b"gradient (use torch.nn.functional.cross_entropy where second derivatives are needed)"
+)
+
+
+def _no_double_backward(grad: Tensor | None) -> Tensor | None:
+    """``grad`` behind a node that raises if differentiated (what ``once_differentiable`` does,
+    but that one only looks at the upstream gradient, not at the inputs)."""
+    if grad is None:
+        return None
+    return _functions.DelayedError(_DOUBLE_BACKWARD, 1)(grad.detach().requires_grad_())
+
+
 def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     input, target, weight, lse, asum, total_weight = ctx.saved_tensors
     reduction, ignore_index, label_smoothing = ctx.args
@@ -382,6 +397,10 @@ def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
     if ctx.needs_input_grad[2]:  # only reachable with probability targets (see _check)
         args = (grad_loss, input, target, lse, total_weight, reduction, label_smoothing)
         grad_weight = (_weight_backward_cpu if direct else OPS.cross_entropy_weight_backward)(*args)
+    if torch.is_grad_enabled():  # create_graph=True: the kernels have no second derivative
+        grad_input, grad_target, grad_weight = map(
+            _no_double_backward, (grad_input, grad_target, grad_weight)
+        )
     return grad_input, grad_target, grad_weight, None, None, None, None
 
 
@@ -436,8 +455,8 @@ class _FusedCrossEntropy(torch.autograd.Function):
     allocate it; a second backward (``retain_graph=True``) recomputes it with the same kernel,
     so both give the same bits. float16 logits are not fused (see :func:`_run`).
 
-    The kernel has no second derivative: a backward with ``create_graph=True`` raises rather
-    than return a gradient whose own gradient would silently be wrong.
+    The kernel has no second derivative: with ``create_graph=True`` the gradient gets a node
+    that raises if anything differentiates through it, rather than a silently wrong result.
     """
 
     @staticmethod
@@ -452,12 +471,14 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor) -> tuple:  # type: ignore[override]
-        if torch.is_grad_enabled():  # only with create_graph=True
-            raise RuntimeError(
-                "bigmodel_native.ops.cross_entropy: create_graph=True (a double backward) is not "
-                "supported, the fused kernel has no second derivative; use "
-                "torch.nn.functional.cross_entropy where higher-order gradients are needed"
-            )
+        if torch.is_grad_enabled():  # create_graph=True
+            with torch.no_grad():
+                grad = _FusedCrossEntropy._grad(ctx, grad_loss)
+            return _no_double_backward(grad), None, None, None, None, None
+        return _FusedCrossEntropy._grad(ctx, grad_loss), None, None, None, None, None
+
+    @staticmethod
+    def _grad(ctx, grad_loss: Tensor) -> Tensor:
         input, target, weight = ctx.saved_tensors
         grad, ctx.grad_input = ctx.grad_input, None  # autograd owns it from here
         if grad is None:  # a second backward through a retained graph
@@ -467,7 +488,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             grad.mul_(grad_loss.unsqueeze(-1))
         elif grad_loss.item() != 1.0:
             grad.mul_(grad_loss)
-        return grad, None, None, None, None, None
+        return grad
 
 
 # ----------------------------------------------------------------------------- public API
