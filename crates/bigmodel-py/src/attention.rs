@@ -7,7 +7,7 @@
 //! overlaps another tensor; then it releases the GIL and runs on the crate's pool.
 
 use crate::errors::to_py;
-use crate::tensors::{inspect, TensorInfo, Unfit};
+use crate::tensors::{kernel_info, TensorInfo};
 use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::attention::{
     self as kernel, AttnElement, BackwardInputs, Mask, Params, Shape,
@@ -15,23 +15,12 @@ use bigmodel_kernels::cpu::attention::{
 use bigmodel_kernels::element::DType;
 use bigmodel_kernels::{pool, Error, Result};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 /// A tensor's memory as (pointer, elements, dtype), or the Python error torch would raise.
 fn info(t: &Bound<'_, PyAny>, what: &str) -> PyResult<TensorInfo> {
-    match inspect(t)? {
-        Ok(i) => Ok(i),
-        Err(Unfit::NeedsStaging) => Err(PyRuntimeError::new_err(format!(
-            "attention: {what} must be a contiguous real tensor"
-        ))),
-        Err(Unfit::Device) => Err(PyNotImplementedError::new_err(format!(
-            "attention: {what} is not a CPU tensor; bigmodel_native's attention kernel runs on CPU"
-        ))),
-        Err(Unfit::DType(name)) => Err(PyTypeError::new_err(format!(
-            "attention: unsupported dtype {name} for {what}"
-        ))),
-    }
+    kernel_info(t, "attention", what)
 }
 
 /// A contiguous CPU torch.bool tensor as (pointer, bytes).

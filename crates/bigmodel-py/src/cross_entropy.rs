@@ -9,7 +9,7 @@
 //! before any memory is touched at them.
 
 use crate::errors::to_py;
-use crate::tensors::{inspect, TensorInfo, Unfit};
+use crate::tensors::kernel_info;
 use bigmodel_kernels::cpu::cross_entropy::{
     backward, forward, forward_grad, math::CeElement, target_backward, weight_backward, Backward,
     CeParams, Forward, Reduction, Target,
@@ -17,7 +17,7 @@ use bigmodel_kernels::cpu::cross_entropy::{
 use bigmodel_kernels::element::DType;
 use bigmodel_kernels::{pool, Error, Result};
 use half::{bf16, f16};
-use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyNotImplementedError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -39,25 +39,7 @@ impl Buf {
 static INT64: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn float_buf(t: &Bound<'_, PyAny>, role: &str) -> PyResult<Buf> {
-    let info: TensorInfo = match inspect(t)? {
-        Ok(i) => i,
-        Err(Unfit::NeedsStaging) => {
-            return Err(PyRuntimeError::new_err(format!(
-                "cross_entropy: {role} must be a contiguous real tensor"
-            )))
-        }
-        Err(Unfit::Device) => {
-            return Err(PyNotImplementedError::new_err(format!(
-                "cross_entropy: {role} is not a CPU tensor; bigmodel_native's cross-entropy kernel runs on CPU tensors"
-            )))
-        }
-        Err(Unfit::DType(name)) => {
-            return Err(PyTypeError::new_err(format!(
-                "cross_entropy: unsupported dtype {name} for {role}; expected torch.float32, torch.float64, \
-                 torch.bfloat16 or torch.float16"
-            )))
-        }
-    };
+    let info = kernel_info(t, "cross_entropy", role)?;
     Ok(Buf {
         ptr: info.ptr,
         numel: info.numel,

@@ -152,7 +152,7 @@ def _forward_cpu(
     prob = target.is_floating_point()
     if not prob:
         target = _index_target(target)
-    outer, classes, inner = _layout(input)
+    outer, _, inner = _layout(input)
     rows = outer * inner
     acc = _acc(input.dtype)
     loss = torch.empty(_loss_shape(input, target, reduction), dtype=input.dtype)
@@ -177,11 +177,9 @@ def _native_forward(
 ) -> None:
     """The Rust forward into ``loss`` (and ``stats``: lse, asum, total_weight, or Nones for
     scratch); ``target`` is int64 indices or probabilities."""
-    outer, classes, inner = _layout(input)
     _native.cross_entropy_forward(
         input.contiguous(), target.contiguous(), _opt(weight), loss, *stats,
-        outer=outer, classes=classes, inner=inner, reduction=reduction, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, num_threads=get_num_threads(), grad_input=grad_input,
+        ignore_index=ignore_index, grad_input=grad_input, **_kw(input, reduction, label_smoothing),
     )  # fmt: skip
 
 

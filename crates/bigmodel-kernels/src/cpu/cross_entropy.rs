@@ -514,37 +514,28 @@ fn forward_impl<T: CeElement>(
             <T::Acc as Real>::ONE
         },
     };
+    let (x, lse, asum) = (f.input, &mut *f.lse, &mut *f.asum);
     let sum = match grad {
+        Some(grad) if p.inner == 1 && rows::fusable(&job, rows) => {
+            crate::memory::advise_huge_pages(&mut *grad);
+            rows::forward_grad(&job, mode, &up, x, lse, asum, loss_rows, grad)
+        }
         Some(grad) => {
             crate::memory::advise_huge_pages(&mut *grad);
-            let (lse, asum) = (&mut *f.lse, &mut *f.asum);
-            if p.inner == 1 && rows::fusable(&job, rows) {
-                rows::forward_grad(&job, mode, &up, f.input, lse, asum, loss_rows, grad)
-            } else {
-                let sum = if p.inner == 1 {
-                    rows::forward(&job, mode, f.input, lse, asum, loss_rows)
-                } else {
-                    strided::forward(&job, mode, f.input, lse, asum, loss_rows)
-                };
-                let g = BwdArgs {
-                    job: &job,
-                    mode,
-                    up: &up,
-                    grad_output: &[],
-                    lse,
-                    asum,
-                    r_base: 0,
-                };
-                if p.inner == 1 {
-                    rows::backward(&g, Some(f.input), grad);
-                } else {
-                    strided::backward(&g, Some(f.input), grad);
-                }
-                sum
-            }
+            let sum = forward_layout(p, &job, mode, x, lse, asum, loss_rows);
+            let g = BwdArgs {
+                job: &job,
+                mode,
+                up: &up,
+                grad_output: &[],
+                lse,
+                asum,
+                r_base: 0,
+            };
+            backward_layout(p, &g, Some(x), grad);
+            sum
         }
-        None if p.inner == 1 => rows::forward(&job, mode, f.input, f.lse, f.asum, loss_rows),
-        None => strided::forward(&job, mode, f.input, f.lse, f.asum, loss_rows),
+        None => forward_layout(p, &job, mode, x, lse, asum, loss_rows),
     };
     f.total_weight[0] = T::Acc::from_f64(total);
     match p.reduction {
@@ -553,6 +544,32 @@ fn forward_impl<T: CeElement>(
         Reduction::Mean => f.loss[0] = T::store(T::Acc::from_f64(sum / total)),
     }
     Ok(())
+}
+
+/// The forward of the `(N, C)` layout ([`rows`]) or of the `(N, C, d...)` one ([`strided`]).
+fn forward_layout<T: CeElement>(
+    p: &CeParams,
+    job: &Job<'_, T>,
+    mode: u8,
+    x: &[T],
+    lse: &mut [T::Acc],
+    asum: &mut [T::Acc],
+    loss: &mut [T],
+) -> f64 {
+    if p.inner == 1 {
+        rows::forward(job, mode, x, lse, asum, loss)
+    } else {
+        strided::forward(job, mode, x, lse, asum, loss)
+    }
+}
+
+/// The backward of either layout, as [`forward_layout`].
+fn backward_layout<T: CeElement>(p: &CeParams, g: &BwdArgs<'_, T>, x: Option<&[T]>, dst: &mut [T]) {
+    if p.inner == 1 {
+        rows::backward(g, x, dst);
+    } else {
+        strided::backward(g, x, dst);
+    }
 }
 
 /// Runs `work` over the items, in parallel unless there is only one.
@@ -654,11 +671,7 @@ pub fn backward<T: CeElement>(p: &CeParams, b: Backward<'_, T>) -> Result<()> {
         // A separate gradient buffer is usually freshly allocated: fault it in as huge pages.
         crate::memory::advise_huge_pages(&mut *b.grad_input);
     }
-    if p.inner == 1 {
-        rows::backward(&g, b.input, b.grad_input);
-    } else {
-        strided::backward(&g, b.input, b.grad_input);
-    }
+    backward_layout(p, &g, b.input, b.grad_input);
     Ok(())
 }
 

@@ -114,12 +114,7 @@ fn fused_rows<T: CeElement, const M: u8, const W: bool>(
     let mut sum = 0.0f64;
     for (i, gd) in dst.chunks_exact_mut(c).enumerate() {
         let r = out.r0 + i;
-        let xr = &x[r * c..(r + 1) * c];
-        let pr = if M == PROB {
-            &job.prob[r * c..(r + 1) * c]
-        } else {
-            &[]
-        };
+        let (xr, pr) = (&x[r * c..(r + 1) * c], prob_row::<T, M>(job, r));
         let coef = |j: usize| coef::<T, M, W>(w, pr, j, job.keep, job.add);
         let mut st = Stats::empty::<T>();
         st.m = math::max(xr);
@@ -180,12 +175,7 @@ fn fwd_rows<T: CeElement, const M: u8, const W: bool>(
     let mut sum = 0.0f64;
     for i in 0..out.lse.len() {
         let r = out.r0 + i;
-        let xr = &x[r * c..(r + 1) * c];
-        let pr = if M == PROB {
-            &job.prob[r * c..(r + 1) * c]
-        } else {
-            &[]
-        };
+        let (xr, pr) = (&x[r * c..(r + 1) * c], prob_row::<T, M>(job, r));
         let st = seg_stats::<T, M, W>(xr, job.w, pr, job.keep, job.add);
         let (loss, lse) = row_result::<T, M>(&st, job, r, xr);
         sum += out.put::<M>(i, &st, loss, lse);
@@ -220,7 +210,7 @@ fn short_rows<T: CeElement, const M: u8, const W: bool>(
         let n = per.min(rows - i0);
         let r0 = out.r0 + i0;
         let row = |i: usize| (r0 + i) * c..(r0 + i + 1) * c;
-        let prob = |i: usize| if M == PROB { &job.prob[row(i)] } else { &[] };
+        let prob = |i: usize| prob_row::<T, M>(job, r0 + i);
         let es = &mut e[..n * c];
         for (i, (st, er)) in stats.iter_mut().zip(es.chunks_exact_mut(c)).enumerate() {
             let (xr, pr) = (&x[row(i)], prob(i));
@@ -259,6 +249,17 @@ fn short_rows<T: CeElement, const M: u8, const W: bool>(
         i0 += n;
     }
     sum
+}
+
+/// Row `r`'s target probabilities (probability mode), else nothing.
+#[inline(always)]
+fn prob_row<'a, T: CeElement, const M: u8>(job: &Job<'a, T>, r: usize) -> &'a [T] {
+    let c = job.classes;
+    if M == PROB {
+        &job.prob[r * c..(r + 1) * c]
+    } else {
+        &[]
+    }
 }
 
 /// [`finalize`] for row `r` of the contiguous layout (`xr` is the row).
