@@ -455,3 +455,38 @@ def test_torch_compile_fullgraph():
     got, want = fn(x, t), F.cross_entropy(x, t, label_smoothing=0.1)
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(want, x)[0])
+
+
+def test_the_common_training_call_takes_the_fused_kernel_and_others_the_registered_op():
+    # The plain call (N, C) logits needing a gradient, int64 targets, default options) is decided
+    # in a few attribute reads; everything else must still meet torch's checks and the
+    # dispatcher. Both routes give the same bits.
+    x = torch.randn(64, 10, requires_grad=True)
+    t = torch.randint(0, 10, (64,))
+    fast = cross_entropy(x, t)
+    assert type(fast.grad_fn).__name__ == "_FusedCrossEntropyBackward"
+    slow = cross_entropy(x, t, reduction="mean", label_smoothing=0)  # an int: the general route
+    assert torch.equal(fast, slow)
+    assert torch.equal(torch.autograd.grad(fast, x)[0], torch.autograd.grad(slow, x)[0])
+    for p in (torch.nn.Parameter(x.detach().clone()),):
+        assert torch.equal(cross_entropy(p, t), fast)
+    with pytest.raises(IndexError, match="Target 10 is out of bounds"):
+        cross_entropy(x, torch.full((64,), 10))
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        cross_entropy(x, t, reduction="avg")
+    with pytest.raises(ValueError, match="Expected input batch_size"):
+        cross_entropy(x, t[:3])
+
+    class Logged(torch.utils._python_dispatch.TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Logged() as mode:
+        loss = cross_entropy(x, t)
+    assert any("cross_entropy_forward" in op for op in mode.ops)  # the registered op, not the shortcut
+    torch.testing.assert_close(loss, fast)

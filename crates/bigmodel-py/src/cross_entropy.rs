@@ -9,7 +9,7 @@
 //! before any memory is touched at them.
 
 use crate::errors::to_py;
-use crate::tensors::kernel_info;
+use crate::tensors::{call0, kernel_info};
 use bigmodel_kernels::cpu::cross_entropy::{
     backward, forward, forward_grad, math::CeElement, target_backward, weight_backward, Backward,
     CeParams, Forward, Reduction, Target,
@@ -63,13 +63,13 @@ fn index_buf(t: &Bound<'_, PyAny>) -> PyResult<Buf> {
             "cross_entropy: class-index targets must be int64 (torch.long)",
         ));
     }
-    if !t.call_method0(intern!(py, "is_contiguous"))?.is_truthy()? {
+    if !call0(t, intern!(py, "is_contiguous"))?.is_truthy()? {
         return Err(PyRuntimeError::new_err(
             "cross_entropy: target must be contiguous",
         ));
     }
     Ok(Buf {
-        ptr: t.call_method0(intern!(py, "data_ptr"))?.extract()?,
+        ptr: call0(t, intern!(py, "data_ptr"))?.extract()?,
         numel: t.getattr(intern!(py, "nbytes"))?.extract::<usize>()? / 8,
         dtype: None,
     })
@@ -77,9 +77,7 @@ fn index_buf(t: &Bound<'_, PyAny>) -> PyResult<Buf> {
 
 /// The target: int64 class indices, or probabilities in the logits' dtype.
 fn target_buf(t: &Bound<'_, PyAny>) -> PyResult<Buf> {
-    if t.call_method0(intern!(t.py(), "is_floating_point"))?
-        .is_truthy()?
-    {
+    if call0(t, intern!(t.py(), "is_floating_point"))?.is_truthy()? {
         float_buf(t, "target")
     } else {
         index_buf(t)
@@ -189,15 +187,23 @@ unsafe fn view_mut<'a, T>(b: Buf, what: &str) -> Result<&'a mut [T]> {
     unsafe { crate::views::slice_mut(b.ptr, b.numel, what) }
 }
 
-/// Runs `f` with the GIL released: on the calling thread when the call is short (waking the
-/// pool would cost more than the work), else inside the crate's pool.
+/// Calls with fewer elements than this run with the GIL held: they finish in about a
+/// microsecond, less than releasing and retaking the GIL costs, and no other thread could get
+/// far in that time.
+const KEEP_GIL_BELOW: usize = 4096;
+
+/// Runs `f` on the calling thread when the call is short (waking the pool would cost more than
+/// the work), else inside the crate's pool; the GIL is released unless the call is tiny.
 fn on_pool<R: Send>(
     py: Python<'_>,
     p: &CeParams,
     threads: usize,
     f: impl FnOnce() -> R + Send,
 ) -> R {
-    if p.is_serial() {
+    let numel = p.outer.saturating_mul(p.inner).saturating_mul(p.classes);
+    if numel < KEEP_GIL_BELOW {
+        f()
+    } else if p.is_serial() {
         py.detach(f)
     } else {
         py.detach(|| pool::install(threads, f))
@@ -226,7 +232,7 @@ macro_rules! by_dtype {
 /// upstream gradient when that is not 1.
 #[pyfunction]
 #[pyo3(signature = (
-    input, target, weight, loss, lse, asum, total_weight, *,
+    input, target, weight, loss, lse, asum, total_weight,
     outer, classes, inner, reduction, ignore_index, label_smoothing, num_threads, grad_input=None
 ))]
 #[allow(clippy::too_many_arguments)]

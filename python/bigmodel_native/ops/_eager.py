@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: Tensor types the dispatcher treats as plain tensors (no ``__torch_dispatch__`` of their own).
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 _compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _functorch_active = torch._C._are_functorch_transforms_active
@@ -20,9 +21,14 @@ def skips_dispatcher(*tensors: Tensor | None) -> bool:
     dispatch mode (fake tensors, functionalization), functorch transforms or tensor subclasses the
     registered ops must be used.
     """
-    if _compiling() or _dispatch_modes() > 0 or _functorch_active():
+    if not plain_eager():
         return False
     for t in tensors:  # a loop, not all(<generator>): this runs on every small call
-        if t is not None and type(t) not in _PLAIN:
+        if t is not None and type(t) not in PLAIN_TENSORS:
             return False
     return True
+
+
+def plain_eager() -> bool:
+    """Plain eager mode: not compiling, no dispatch mode, no functorch transform."""
+    return not (_compiling() or _dispatch_modes() > 0 or _functorch_active())

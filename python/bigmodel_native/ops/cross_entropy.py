@@ -35,10 +35,12 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .. import _native
 from .._threads import get_num_threads
-from ._eager import skips_dispatcher
+from ._eager import PLAIN_TENSORS, plain_eager, skips_dispatcher
 from ._library import LIB
 
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+#: Logits dtypes whose gradient the forward writes (float16 is not fused: see :func:`_run`).
+_FUSED_FLOATS = (torch.float32, torch.float64, torch.bfloat16)
 OPS = torch.ops.bigmodel_native
 
 LIB.define(
@@ -126,6 +128,8 @@ def _new_grad(input: Tensor) -> Tensor:
         capsule = _native.grad_buffer(list(input.shape), _DLPACK_DTYPES[input.dtype])
         if capsule is not None:
             return torch.from_dlpack(capsule)
+    if input.is_contiguous():  # empty_like keeps the layout; without the keyword it parses faster
+        return torch.empty_like(input)
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
@@ -176,10 +180,12 @@ def _native_forward(
     grad_input: Tensor | None = None,
 ) -> None:
     """The Rust forward into ``loss`` (and ``stats``: lse, asum, total_weight, or Nones for
-    scratch); ``target`` is int64 indices or probabilities."""
+    scratch); ``target`` is int64 indices or probabilities. Arguments go by position: at
+    (64, 10) building keyword arguments costs a tenth of the whole call."""
+    outer, classes, inner = _layout(input)
     _native.cross_entropy_forward(
-        input.contiguous(), target.contiguous(), _opt(weight), loss, *stats,
-        ignore_index=ignore_index, grad_input=grad_input, **_kw(input, reduction, label_smoothing),
+        input.contiguous(), target.contiguous(), None if weight is None else weight.contiguous(), loss,
+        *stats, outer, classes, inner, reduction, ignore_index, label_smoothing, get_num_threads(), grad_input,
     )  # fmt: skip
 
 
@@ -196,12 +202,21 @@ def _loss_cpu(
     the input's shape) the logits' gradient for an upstream gradient of 1 is written too."""
     if input.shape[-1 if input.dim() == 1 else 1] == 0:  # no class: the op's forward covers it
         return _forward_cpu(input, target, weight, reduction, ignore_index, label_smoothing)[0]
-    if not target.is_floating_point():
-        target = _index_target(target)
-    loss = torch.empty(_loss_shape(input, target, reduction), dtype=input.dtype)
-    stats = (None, None, None)
-    _native_forward(input, target, weight, reduction, ignore_index, label_smoothing, loss, stats, grad_input)
+    if target.dtype is not torch.int64 and not target.is_floating_point():
+        target = target.long()
+    if reduction != 0 or input.dim() == 1:
+        loss = torch.empty_like(_SCALARS[input.dtype])  # faster than parsing a shape
+    else:
+        loss = input.new_empty(_loss_shape(input, target, reduction))
+    _native_forward(
+        input, target, weight, reduction, ignore_index, label_smoothing, loss, _NO_STATS, grad_input
+    )
     return loss
+
+
+_NO_STATS = (None, None, None)
+#: One 0-dim CPU tensor per logits dtype, templates for the reduced loss.
+_SCALARS = {dtype: torch.empty((), dtype=dtype) for dtype in _FLOATS}
 
 
 def _forward_fake(
@@ -668,8 +683,35 @@ def cross_entropy(
             cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
             ignore_index=ignore_index, reduce=reduce, reduction=reduction, label_smoothing=label_smoothing,
         )  # fmt: skip
+    if weight is None and size_average is None and reduce is None and label_smoothing == 0.0:
+        red = _REDUCTIONS.get(reduction)
+        if red is not None and type(ignore_index) is int and _plain_training_call(input, target):
+            return _FusedCrossEntropy.apply(input, target, None, red, ignore_index, 0.0)
     red = _reduction_enum(size_average, reduce, reduction)
     return _run(input, target, weight, ignore_index, red, label_smoothing, False)
+
+
+def _plain_training_call(input: Tensor, target: Tensor) -> bool:
+    """Whether this is the common training call that :func:`_run` would send to the fused
+    kernel after passing every check: plain eager mode, ``(N, C)`` CPU logits that need a
+    gradient and ``N`` int64 class indices, no other option. It is decided in a few attribute
+    reads because it runs on every call, and at (64, 10) the Python around the kernel costs more
+    than the kernel."""
+    if not (input.requires_grad and input.is_cpu and target.is_cpu):
+        return False
+    ishape, tshape = input.shape, target.shape
+    return (
+        type(input) in PLAIN_TENSORS
+        and type(target) in PLAIN_TENSORS
+        and len(ishape) == 2
+        and len(tshape) == 1
+        and tshape[0] == ishape[0]
+        and target.dtype is torch.int64
+        and input.dtype in _FUSED_FLOATS
+        and not target.requires_grad
+        and torch.is_grad_enabled()
+        and plain_eager()
+    )
 
 
 def cross_entropy_inplace_backward(
