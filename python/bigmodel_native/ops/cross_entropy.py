@@ -183,9 +183,10 @@ def _native_forward(
     scratch); ``target`` is int64 indices or probabilities. Arguments go by position: at
     (64, 10) building keyword arguments costs a tenth of the whole call."""
     outer, classes, inner = _layout(input)
+    weight = None if weight is None else weight.contiguous()
     _native.cross_entropy_forward(
-        input.contiguous(), target.contiguous(), None if weight is None else weight.contiguous(), loss,
-        *stats, outer, classes, inner, reduction, ignore_index, label_smoothing, get_num_threads(), grad_input,
+        input.contiguous(), target.contiguous(), weight, loss, *stats,
+        outer, classes, inner, reduction, ignore_index, label_smoothing, get_num_threads(), grad_input,
     )  # fmt: skip
 
 
