@@ -33,6 +33,8 @@ FLOORS = {
     "fwd+bwd 64->64 5x5": 0.35,
     "fwd+bwd 3->32 32x32": 0.55,
     "fwd+bwd 32->64 15x15": 0.35,
+    "fwd+bwd conv+ReLU 1->32 28x28": 0.7,
+    "fwd+bwd conv+ReLU 32->64 13x13": 0.35,
 }
 
 

@@ -121,3 +121,46 @@ def test_keras_initialisation():
             biggest = float(layer.weight.detach().abs().max())
             # Glorot's range is used to its edge (torch's default range is 2-5x narrower here).
             assert 0.9 * bound < biggest <= bound
+
+
+def test_cnn_runs_its_conv_relu_pairs_fused_with_the_plain_stacks_results():
+    # The S3/S4 models fuse each Conv2d-ReLU pair on CPU; the result and every gradient must be
+    # those of running the same modules one by one, and the state_dict stays the plain stack's.
+    torch.manual_seed(0)
+    m = M.MnistCNN().double()
+    x = torch.rand(6, 1, 28, 28, dtype=torch.float64)
+    fused = m(x)
+    g_fused = torch.autograd.grad(fused.sum(), list(m.parameters()))
+    plain = m.classifier(m.features(x))  # nn.Sequential's own forward: module by module
+    g_plain = torch.autograd.grad(plain.sum(), list(m.parameters()))
+    assert torch.equal(fused, plain)
+    assert all(torch.equal(a, b) for a, b in zip(g_fused, g_plain, strict=True))
+    if _layers.IMPLEMENTATIONS["Conv2d"] == "bigmodel_native":
+        assert "_Conv2dReLUBackward" in _grad_fns(fused)
+    assert list(m.state_dict()) == list(M.MnistCNN().state_dict())
+
+
+def _grad_fns(t: torch.Tensor) -> set[str]:
+    """The type names of every node in ``t``'s autograd graph."""
+    visited, todo = set(), [t.grad_fn]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in visited:
+            continue
+        visited.add(fn)
+        todo += [f for f, _ in fn.next_functions]
+    return {type(fn).__name__ for fn in visited}
+
+
+def test_cnn_fusion_steps_aside_for_hooks():
+    # A forward hook on a fused module must still fire: with one, the stack runs module by module.
+    m = M.MnistCNN()
+    x = torch.rand(2, 1, 28, 28)
+    seen = []
+    handle = m.features[1].register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    y = m(x)
+    handle.remove()
+    assert seen == [torch.Size([2, 32, 26, 26])]
+    assert "ReluBackward0" in _grad_fns(y)
+    if _layers.IMPLEMENTATIONS["Conv2d"] == "bigmodel_native":
+        assert "_Conv2dReLUBackward" in _grad_fns(m(x))

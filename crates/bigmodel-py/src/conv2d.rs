@@ -74,10 +74,11 @@ fn params(
     }
 }
 
-/// Fills `output` (N, C_out, OH, OW) with conv2d(input, weight) + bias. `padding` is the padding
-/// before the first row and column; `out_hw` the output's spatial size.
+/// Fills `output` (N, C_out, OH, OW) with conv2d(input, weight) + bias, or with its ReLU when
+/// `relu`. `padding` is the padding before the first row and column; `out_hw` the output's
+/// spatial size.
 #[pyfunction]
-#[pyo3(signature = (input, weight, bias, output, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads))]
+#[pyo3(signature = (input, weight, bias, output, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu=false))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     py: Python<'_>,
@@ -93,6 +94,7 @@ pub fn conv2d_forward(
     dilation: (usize, usize),
     out_hw: (usize, usize),
     num_threads: usize,
+    relu: bool,
 ) -> PyResult<()> {
     let p = params(
         input_shape,
@@ -122,10 +124,10 @@ pub fn conv2d_forward(
     }
     py.detach(|| {
         pool::run(num_threads, serial(&p), || match dtype {
-            DType::F32 => run_forward::<f32>(&p, x, w, b, y),
-            DType::F64 => run_forward::<f64>(&p, x, w, b, y),
-            DType::BF16 => run_forward::<bf16>(&p, x, w, b, y),
-            DType::F16 => run_forward::<f16>(&p, x, w, b, y),
+            DType::F32 => run_forward::<f32>(&p, x, w, b, relu, y),
+            DType::F64 => run_forward::<f64>(&p, x, w, b, relu, y),
+            DType::BF16 => run_forward::<bf16>(&p, x, w, b, relu, y),
+            DType::F16 => run_forward::<f16>(&p, x, w, b, relu, y),
         })
     })
     .map_err(to_py)
@@ -165,6 +167,7 @@ fn run_forward<E: Element>(
     x: TensorInfo,
     w: TensorInfo,
     b: Option<TensorInfo>,
+    relu: bool,
     y: TensorInfo,
 ) -> Result<()>
 where
@@ -182,13 +185,14 @@ where
             None => None,
         };
         let y = slice_mut::<E>(y.ptr, y.numel, "output")?;
-        forward(p, x, w, b, y)
+        forward(p, x, w, b, relu, y)
     }
 }
 
-/// Fills the gradients passed (None for those not wanted) of conv2d given `grad_output`.
+/// Fills the gradients passed (None for those not wanted) of conv2d given `grad_output`; with
+/// `relu_output` (the output of a forward with `relu`), of relu(conv2d).
 #[pyfunction]
-#[pyo3(signature = (grad_output, input, weight, grad_input, grad_weight, grad_bias, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads))]
+#[pyo3(signature = (grad_output, input, weight, grad_input, grad_weight, grad_bias, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu_output=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     py: Python<'_>,
@@ -206,6 +210,7 @@ pub fn conv2d_backward(
     dilation: (usize, usize),
     out_hw: (usize, usize),
     num_threads: usize,
+    relu_output: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let p = params(
         input_shape,
@@ -223,19 +228,21 @@ pub fn conv2d_backward(
         (grad_input, "grad_input"),
         (grad_weight, "grad_weight"),
         (grad_bias, "grad_bias"),
+        (relu_output, "relu_output"),
     ])?;
     let reads = [t[0], t[1], t[2]].map(|i| i.unwrap_or(EMPTY));
     let writes = [t[3], t[4], t[5]];
+    let relu_out = t[6];
     // Every written tensor must be distinct from every other tensor (fresh outputs from Python).
     for (i, a) in writes.iter().enumerate() {
         let Some(a) = a.filter(|a| a.numel > 0) else {
             continue;
         };
-        let clash = reads.iter().any(|r| r.ptr == a.ptr)
+        let clash = reads.iter().chain(&relu_out).any(|r| overlap(r, &a))
             || writes
                 .iter()
                 .enumerate()
-                .any(|(j, b)| j != i && b.is_some_and(|b| b.ptr == a.ptr));
+                .any(|(j, b)| j != i && b.is_some_and(|b| overlap(&b, &a)));
         if clash {
             return Err(PyRuntimeError::new_err(
                 "conv2d: gradient outputs must not share memory with other tensors",
@@ -244,10 +251,10 @@ pub fn conv2d_backward(
     }
     py.detach(|| {
         pool::run(num_threads, serial(&p), || match dtype {
-            DType::F32 => run_backward::<f32>(&p, reads, writes),
-            DType::F64 => run_backward::<f64>(&p, reads, writes),
-            DType::BF16 => run_backward::<bf16>(&p, reads, writes),
-            DType::F16 => run_backward::<f16>(&p, reads, writes),
+            DType::F32 => run_backward::<f32>(&p, reads, relu_out, writes),
+            DType::F64 => run_backward::<f64>(&p, reads, relu_out, writes),
+            DType::BF16 => run_backward::<bf16>(&p, reads, relu_out, writes),
+            DType::F16 => run_backward::<f16>(&p, reads, relu_out, writes),
         })
     })
     .map_err(to_py)
@@ -256,6 +263,7 @@ pub fn conv2d_backward(
 fn run_backward<E: Element>(
     p: &Conv2dParams,
     reads: [TensorInfo; 3],
+    relu_out: Option<TensorInfo>,
     writes: [Option<TensorInfo>; 3],
 ) -> Result<()>
 where
@@ -264,12 +272,16 @@ where
     let [gy, x, w] = reads;
     let names = ["grad_input", "grad_weight", "grad_bias"];
     // SAFETY: as in `run_forward`: live contiguous CPU tensors of `numel` elements of this dtype;
-    // the three outputs are distinct from each other and from the inputs (checked by the caller),
-    // and the inputs are only read.
+    // the three outputs overlap neither each other nor the inputs and the ReLU output (checked
+    // by the caller), and the inputs are only read.
     unsafe {
         let gy = slice::<E>(gy.ptr, gy.numel, "grad_output")?;
         let x = slice::<E>(x.ptr, x.numel, "input")?;
         let w = slice::<E>(w.ptr, w.numel, "weight")?;
+        let relu_out = match relu_out {
+            Some(y) => Some(slice::<E>(y.ptr, y.numel, "relu_output")?),
+            None => None,
+        };
         let mut outs: [Option<&mut [E]>; 3] = [None, None, None];
         for (k, t) in writes.iter().enumerate() {
             if let Some(t) = t {
@@ -280,6 +292,7 @@ where
         backward(
             p,
             gy,
+            relu_out,
             x,
             w,
             Conv2dGrads {

@@ -2,7 +2,8 @@
 
 Batch 64, 3x3 kernels, valid padding, with bias: the MNIST CNN's three layers (1->32 on 28x28,
 32->64 on 13x13, 64->64 on 5x5) and the CIFAR CNN's first two (3->32 on 32x32, 32->64 on 15x15).
-Each shape is timed forward only and forward+backward; the backward computes all three
+Each shape is timed forward only and forward+backward (and the first two MNIST layers also as
+conv + ReLU: ours fused in one call, torch's ``relu(F.conv2d)``); the backward computes all three
 gradients (input, weight, bias) from one fixed random grad_output through ``torch.autograd.grad``,
 as the torch anchors in the issue did (input requiring grad, so the first layers pay for their
 input gradient too). FLOP counts: 2*N*Cout*OH*OW*Cin*9 per pass, three passes for fwd+bwd.
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops import conv2d
+from ..ops import conv2d, conv2d_relu
 from .harness import OURS, Case
 
 SUITE = "conv"
@@ -55,6 +56,14 @@ def _forward_backward(fn: Callable, x, w, b, gy) -> Callable[[], object]:
     return run
 
 
+#: Layers also timed as conv + ReLU: ours fused (:func:`conv2d_relu`) against torch.relu(F.conv2d).
+RELU_SHAPES = ["1->32 28x28", "32->64 13x13"]
+
+
+def _torch_conv_relu(x, w, b):
+    return torch.relu(F.conv2d(x, w, b))
+
+
 def flops(c_in: int, c_out: int, hw: int) -> float:
     return 2.0 * BATCH * c_out * (hw - 2) ** 2 * c_in * 9
 
@@ -86,4 +95,17 @@ def cases(quick: bool = False) -> list[Case]:
                 rounds=rounds,
             )
         )
+        if name in RELU_SHAPES:
+            out.append(
+                Case(
+                    SUITE,
+                    f"fwd+bwd conv+ReLU {name}",
+                    {
+                        OURS: _forward_backward(conv2d_relu, x, w, b, gy),
+                        TORCH: _forward_backward(_torch_conv_relu, x, w, b, gy),
+                    },
+                    flops=3 * f,
+                    rounds=rounds,
+                )
+            )
     return out

@@ -40,6 +40,12 @@ scaled_dot_product_attention = _resolve(
     "scaled_dot_product_attention", "bigmodel_native.ops", F.scaled_dot_product_attention
 )
 
+conv2d_relu = _resolve("conv2d_relu", "bigmodel_native.ops", None)
+if conv2d_relu is None:
+    IMPLEMENTATIONS["conv2d_relu"] = "not used: Conv2d and ReLU run as two modules"
+else:
+    IMPLEMENTATIONS["conv2d_relu"] = "bigmodel_native on CPU (Conv2d then ReLU on other devices)"
+
 if IMPLEMENTATIONS["MaxPool2d"] == "bigmodel_native":
     # Its kernel is CPU-only; the module itself runs torch's pooling on other devices.
     IMPLEMENTATIONS["MaxPool2d"] = "bigmodel_native on CPU (torch's on other devices)"
@@ -47,6 +53,47 @@ if IMPLEMENTATIONS["MaxPool2d"] == "bigmodel_native":
 #: The optimizers are always ours (they exist since the foundation).
 IMPLEMENTATIONS["Adam"] = "bigmodel_native"
 IMPLEMENTATIONS["AdamW"] = "bigmodel_native"
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as nn_module
+
+    return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)
+
+
+def run_sequential(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)``, with every (our ``Conv2d``, ``nn.ReLU``) pair run as one :func:`conv2d_relu`
+    call on CPU: the same values and gradients with two passes over the activation fewer.
+
+    The modules, their parameters and the ``state_dict`` stay exactly those of the plain stack.
+    Where fusing would change what a user observes, the stack runs module by module: forward
+    hooks on the container or on either module of a pair (they would not fire), global
+    module hooks, a ``padding_mode`` other than ``"zeros"``, a tensor not on the CPU.
+    """
+    if conv2d_relu is None or _hooked(seq) or _global_hooks() or x.device.type != "cpu":
+        return seq(x)
+    mods = list(seq)
+    i = 0
+    while i < len(mods):
+        conv = mods[i]
+        nxt = mods[i + 1] if i + 1 < len(mods) else None
+        if (
+            isinstance(conv, Conv2d)
+            and Conv2d is not torch.nn.Conv2d
+            and type(nxt) is torch.nn.ReLU
+            and conv.padding_mode == "zeros"
+            and not (_hooked(conv) or _hooked(nxt))
+        ):
+            x = conv2d_relu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            i += 2
+        else:
+            x = conv(x)
+            i += 1
+    return x
 
 
 def describe() -> list[str]:
@@ -60,7 +107,9 @@ __all__ = [
     "CrossEntropyLoss",
     "MaxPool2d",
     "MultiheadAttention",
+    "conv2d_relu",
     "cross_entropy",
     "describe",
+    "run_sequential",
     "scaled_dot_product_attention",
 ]

@@ -47,7 +47,8 @@ class SmallCNN(nn.Module):
         keras_init_(self)  # the tutorials' (Keras) initialisation
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        # Each Conv2d-ReLU pair runs as one fused call on CPU (same values, same state_dict).
+        return self.classifier(_layers.run_sequential(self.features, x))
 
 
 class MnistCNN(SmallCNN):

@@ -10,6 +10,11 @@ Two ops back it, both defined with ``torch.library.Library`` (cheaper per call t
 ``custom_op``'s wrappers): ``conv2d`` (4-D input, padding resolved to [top, bottom, left, right])
 and ``conv2d_backward`` (the three gradients, each only when asked for). Autograd is registered
 on ``conv2d``; its backward is once-differentiable: differentiating its gradients again raises a clear error.
+
+:func:`conv2d_relu` is ``relu(conv2d(...))`` in one kernel call (CPU): the ReLU is applied while
+each output row is still in cache, and its backward masks the gradient on the way into the
+products, so neither direction makes a separate pass over the activation. Its ops are
+``conv2d_relu`` and ``conv2d_relu_backward`` (which takes the forward's output for the mask).
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ LIB.define(
 LIB.define(
     "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[4] padding, "
     "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
+)
+LIB.define(
+    "conv2d_relu(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+    "int[2] dilation, int groups) -> Tensor"
+)
+LIB.define(
+    "conv2d_relu_backward(Tensor grad_output, Tensor output, Tensor input, Tensor weight, int[2] stride, "
+    "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
 )
 
 
@@ -160,15 +173,20 @@ def _kwargs(input: Tensor, weight: Tensor, stride, padding, dilation, groups, ou
     )
 
 
-def _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
+def _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups, relu: bool = False) -> Tensor:
     out_hw = _check(input, weight, bias, stride, padding, dilation, groups)
     input, weight = input.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     out = torch.empty((input.shape[0], weight.shape[0], *out_hw), dtype=input.dtype)
     _native.conv2d_forward(
-        input, weight, bias, out, **_kwargs(input, weight, stride, padding, dilation, groups, out_hw)
-    )
+        input, weight, bias, out, relu=relu,
+        **_kwargs(input, weight, stride, padding, dilation, groups, out_hw),
+    )  # fmt: skip
     return out
+
+
+def _conv2d_relu_cpu(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
+    return _conv2d_cpu(input, weight, bias, stride, padding, dilation, groups, relu=True)
 
 
 def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups) -> Tensor:
@@ -176,20 +194,24 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups) -> Tens
     return input.new_empty((input.shape[0], weight.shape[0], *out_hw))
 
 
-def _conv2d_backward_cpu(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+def _conv2d_backward_cpu(
+    grad_output, input, weight, stride, padding, dilation, groups, output_mask, relu_output=None
+):
     out_hw = _check(input, weight, None, stride, padding, dilation, groups)
     want = (input.shape[0], weight.shape[0], *out_hw)
-    if tuple(grad_output.shape) != want or grad_output.dtype != input.dtype:
-        raise RuntimeError(
-            f"{_NAME}_backward: grad_output of size {list(grad_output.shape)} and dtype "
-            f"{grad_output.dtype}, expected size {list(want)} and dtype {input.dtype}"
-        )
+    for name, t in (("grad_output", grad_output), ("output", relu_output)):
+        if t is not None and (tuple(t.shape) != want or t.dtype != input.dtype):
+            raise RuntimeError(
+                f"{_NAME}_backward: {name} of size {list(t.shape)} and dtype "
+                f"{t.dtype}, expected size {list(want)} and dtype {input.dtype}"
+            )
     grad_output, input, weight = grad_output.contiguous(), input.contiguous(), weight.contiguous()
     gi = torch.empty_like(input) if output_mask[0] else None
     gw = torch.empty_like(weight) if output_mask[1] else None
     gb = weight.new_empty(weight.shape[0]) if output_mask[2] else None
     _native.conv2d_backward(
         grad_output, input, weight, gi, gw, gb,
+        relu_output=None if relu_output is None else relu_output.contiguous(),
         **_kwargs(input, weight, stride, padding, dilation, groups, out_hw),
     )  # fmt: skip
     empty = input.new_empty(0)
@@ -213,19 +235,45 @@ def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation,
     )
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _conv2d_relu_backward_cpu(
+    grad_output, output, input, weight, stride, padding, dilation, groups, output_mask
+):
+    return _conv2d_backward_cpu(
+        grad_output, input, weight, stride, padding, dilation, groups, output_mask, output
+    )
+
+
+def _conv2d_relu_backward_fake(
+    grad_output, output, input, weight, stride, padding, dilation, groups, output_mask
+):
+    return _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
+
+
+def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
     input, weight, bias, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(input, weight)
+    if relu:  # the output of a fused ReLU is its mask for the backward
+        ctx.save_for_backward(input, weight, output)
+    else:
+        ctx.save_for_backward(input, weight)
     ctx.conf = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
 
 
+def _setup_relu_context(ctx, inputs, output) -> None:
+    _setup_context(ctx, inputs, output, relu=True)
+
+
 def _backward(ctx, grad: Tensor):
-    input, weight = ctx.saved_tensors
+    input, weight, *relu_output = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
     with torch.no_grad():
-        grads = torch.ops.bigmodel_native.conv2d_backward(grad, input, weight, *ctx.conf, mask)
+        if relu_output:
+            grads = torch.ops.bigmodel_native.conv2d_relu_backward(
+                grad, relu_output[0], input, weight, *ctx.conf, mask
+            )
+        else:
+            grads = torch.ops.bigmodel_native.conv2d_backward(grad, input, weight, *ctx.conf, mask)
     outs = [g if m else None for g, m in zip(grads, mask, strict=True)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (grad, input, weight)):
         # create_graph=True: the gradients get a node that raises if anything differentiates
@@ -240,6 +288,13 @@ LIB.impl("conv2d_backward", _conv2d_backward_cpu, "CPU")
 torch.library.register_fake("bigmodel_native::conv2d", _conv2d_fake, lib=LIB)
 torch.library.register_fake("bigmodel_native::conv2d_backward", _conv2d_backward_fake, lib=LIB)
 torch.library.register_autograd("bigmodel_native::conv2d", _backward, setup_context=_setup_context, lib=LIB)
+LIB.impl("conv2d_relu", _conv2d_relu_cpu, "CPU")
+LIB.impl("conv2d_relu_backward", _conv2d_relu_backward_cpu, "CPU")
+torch.library.register_fake("bigmodel_native::conv2d_relu", _conv2d_fake, lib=LIB)
+torch.library.register_fake("bigmodel_native::conv2d_relu_backward", _conv2d_relu_backward_fake, lib=LIB)
+torch.library.register_autograd(
+    "bigmodel_native::conv2d_relu", _backward, setup_context=_setup_relu_context, lib=LIB
+)
 
 
 class _Conv2d(torch.autograd.Function):
@@ -260,12 +315,26 @@ class _Conv2d(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
-def _call(input: Tensor, weight: Tensor, bias: Tensor | None, *conf: object) -> Tensor:
+class _Conv2dReLU(torch.autograd.Function):
+    """:class:`_Conv2d` for ``conv2d_relu``."""
+
+    @staticmethod
+    def forward(ctx, *args: object) -> Tensor:
+        out = _conv2d_relu_cpu(*args)
+        _setup_relu_context(ctx, args, out)
+        return out
+
+    backward = staticmethod(_backward)
+
+
+def _call(input: Tensor, weight: Tensor, bias: Tensor | None, *conf: object, relu: bool = False) -> Tensor:
     if input.device.type == "cpu" and skips_dispatcher(input, weight, bias):
         tensors = (input, weight) if bias is None else (input, weight, bias)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return _Conv2d.apply(input, weight, bias, *conf)
-        return _conv2d_cpu(input, weight, bias, *conf)
+            return (_Conv2dReLU if relu else _Conv2d).apply(input, weight, bias, *conf)
+        return _conv2d_cpu(input, weight, bias, *conf, relu=relu)
+    if relu:
+        return torch.ops.bigmodel_native.conv2d_relu(input, weight, bias, *conf)
     return torch.ops.bigmodel_native.conv2d(input, weight, bias, *conf)
 
 
@@ -280,6 +349,31 @@ def conv2d(
 ) -> Tensor:
     """Drop-in for ``torch.nn.functional.conv2d`` running bigmodel_native's kernels (CPU, or CUDA for
     float32 / bfloat16 / float16 CUDA tensors: see ``conv2d_cuda.py``)."""
+    return _conv(input, weight, bias, stride, padding, dilation, groups, relu=False)
+
+
+def conv2d_relu(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: str | int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``torch.relu(torch.nn.functional.conv2d(...))`` in one kernel call, forward and backward:
+    the same values and gradients, bit for bit, as :func:`conv2d` followed by ``torch.relu``,
+    without the activation's two extra passes over memory. CPU tensors only (on CUDA, compose
+    :func:`conv2d` with ``torch.relu``)."""
+    if input.device.type != "cpu":
+        raise NotImplementedError(
+            f"bigmodel_native.ops.conv2d_relu runs on CPU tensors; got a tensor on {input.device} "
+            "(use bigmodel_native.ops.conv2d followed by torch.relu)"
+        )
+    return _conv(input, weight, bias, stride, padding, dilation, groups, relu=True)
+
+
+def _conv(input, weight, bias, stride, padding, dilation, groups, relu: bool) -> Tensor:
     if input.dim() not in (3, 4):
         raise RuntimeError(
             "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
@@ -291,5 +385,6 @@ def conv2d(
     dilation_ = _pair("dilation", dilation)
     padding_ = _resolve_padding(padding, weight, stride_, dilation_)
     if input.dim() == 3:
-        return _call(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups).squeeze(0)
-    return _call(input, weight, bias, stride_, padding_, dilation_, groups)
+        out = _call(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups, relu=relu)
+        return out.squeeze(0)
+    return _call(input, weight, bias, stride_, padding_, dilation_, groups, relu=relu)

@@ -237,9 +237,46 @@ crate::dispatch_isa! {
 }
 
 crate::dispatch_isa! {
+    fn store_row_relu<E: Element>(dst: &mut [E], src: &[E::Acc], add: E::Acc) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = E::store(relu(*s + add));
+        }
+    }
+}
+
+crate::dispatch_isa! {
+    fn relu_in_place<A: Real>(x: &mut [A]) {
+        for v in x.iter_mut() {
+            *v = relu(*v);
+        }
+    }
+}
+
+/// torch's ReLU: negatives to 0, while NaN and -0.0 pass unchanged (`clamp_min(x, 0)`).
+#[inline(always)]
+fn relu<A: Real>(v: A) -> A {
+    if v < A::ZERO {
+        A::ZERO
+    } else {
+        v
+    }
+}
+
+crate::dispatch_isa! {
     fn load_row<E: Element>(dst: &mut [E::Acc], src: &[E]) {
         for (d, s) in dst.iter_mut().zip(src) {
             *d = s.load();
+        }
+    }
+}
+
+// The gradient through a ReLU whose output was `y`: torch's `threshold_backward(g, y, 0)`, zero
+// where `y <= 0` (a NaN output lets the gradient through).
+crate::dispatch_isa! {
+    fn load_row_relu<E: Element>(dst: &mut [E::Acc], src: &[E], y: &[E]) {
+        let zero = <E::Acc as Real>::ZERO;
+        for ((d, s), y) in dst.iter_mut().zip(src).zip(y) {
+            *d = if y.load() <= zero { zero } else { s.load() };
         }
     }
 }
@@ -263,12 +300,15 @@ fn to_acc<E: Element>(x: &[E], buf: &mut Vec<E::Acc>) -> bool {
     true
 }
 
-/// out = conv2d(input, weight) + bias, every slice contiguous NCHW / OIHW.
+/// out = conv2d(input, weight) + bias, every slice contiguous NCHW / OIHW; with `relu`,
+/// out = relu(conv2d(input, weight) + bias), the activation applied while each output row is
+/// still in cache instead of in a second pass over the output.
 pub fn conv2d_forward<E: Element>(
     p: &Conv2dParams,
     input: &[E],
     weight: &[E],
     bias: Option<&[E]>,
+    relu: bool,
     out: &mut [E],
 ) -> Result<()>
 where
@@ -300,7 +340,9 @@ where
     let idx = p.geom().block_offsets(plan.nb, p.c_in * p.h * p.w);
     out.par_chunks_mut(plan.nb * per_image)
         .enumerate()
-        .try_for_each(|(blk, o)| forward_block(p, &plan, &idx, blk, input, wa, ba.as_deref(), o))
+        .try_for_each(|(blk, o)| {
+            forward_block(p, &plan, &idx, blk, input, wa, ba.as_deref(), relu, o)
+        })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -312,6 +354,7 @@ fn forward_block<E: Element>(
     input: &[E],
     wa: &[E::Acc],
     ba: Option<&[E::Acc]>,
+    relu: bool,
     o: &mut [E],
 ) -> Result<()>
 where
@@ -352,13 +395,21 @@ where
                     }
                 }
                 matmul(dst, pix, ba.is_some(), wg, rhs, plan.inner)?;
+                if relu {
+                    relu_in_place::<E::Acc>(dst);
+                }
             } else {
                 matmul(y, ld, false, wg, rhs, plan.inner)?;
                 for i in 0..nbk {
                     for c in 0..cog {
                         let add = ba.map_or(<E::Acc as Real>::ZERO, |b| b[gi * cog + c]);
                         let dst = &mut o[(i * p.c_out + gi * cog + c) * pix..][..pix];
-                        store_row::<E>(dst, &y[c * ld + i * pix..][..pix], add);
+                        let src = &y[c * ld + i * pix..][..pix];
+                        if relu {
+                            store_row_relu::<E>(dst, src, add);
+                        } else {
+                            store_row::<E>(dst, src, add);
+                        }
                     }
                 }
             }

@@ -8,8 +8,9 @@
 //! Each group's partial weight gradient is stored transposed (K x cog), see `backward_task`.
 
 use super::{
-    check_len, col2im, im2col, load_row, matmul, same, same_mut, store_row, to_acc, Conv2dGrads,
-    Conv2dParams, Mat, Plan, Scratch, MAX_TASKS_PER_THREAD, MIN_TASKS_PER_THREAD, PARTIAL_BYTES,
+    check_len, col2im, im2col, load_row, load_row_relu, matmul, same, same_mut, store_row, to_acc,
+    Conv2dGrads, Conv2dParams, Mat, Plan, Scratch, MAX_TASKS_PER_THREAD, MIN_TASKS_PER_THREAD,
+    PARTIAL_BYTES,
 };
 use crate::element::{Element, Real};
 use crate::error::Result;
@@ -43,10 +44,13 @@ struct Task<'a, E, A> {
     partial: &'a mut [A],
 }
 
-/// Fills the requested gradients of `conv2d_forward(p, input, weight, bias)` given `grad_out`.
+/// Fills the requested gradients of `conv2d_forward(p, input, weight, bias, relu, ..)` given
+/// `grad_out`; `relu_out` is that forward's output when it applied the ReLU (the gradient is
+/// masked by it on the way into the products), None when it did not.
 pub fn conv2d_backward<E: Element>(
     p: &Conv2dParams,
     grad_out: &[E],
+    relu_out: Option<&[E]>,
     input: &[E],
     weight: &[E],
     grads: Conv2dGrads<'_, E>,
@@ -56,6 +60,9 @@ where
 {
     p.validate()?;
     check_len("grad_output", grad_out.len(), p.output_len())?;
+    if let Some(y) = relu_out {
+        check_len("relu output", y.len(), p.output_len())?;
+    }
     check_len("input", input.len(), p.input_len())?;
     check_len("weight", weight.len(), p.weight_len())?;
     let Conv2dGrads {
@@ -127,9 +134,9 @@ where
             });
         }
     }
-    tasks
-        .into_par_iter()
-        .try_for_each(|t| backward_task(p, &plan, &idx, t, grad_out, input, wa, wlen, blen))?;
+    tasks.into_par_iter().try_for_each(|t| {
+        backward_task(p, &plan, &idx, t, grad_out, relu_out, input, wa, wlen, blen)
+    })?;
 
     // Sum the partials in task order, in parallel over chunks of the output.
     const CHUNK: usize = 4096;
@@ -172,6 +179,7 @@ fn backward_task<E: Element>(
     idx: &[usize],
     t: Task<'_, E, E::Acc>,
     grad_out: &[E],
+    relu_out: Option<&[E]>,
     input: &[E],
     wa: &[E::Acc],
     wlen: usize,
@@ -215,8 +223,8 @@ where
                 let go = |i: usize, c: usize| {
                     &grad_out[((i0 + i) * p.c_out + gi * cog + c) * pix..][..pix]
                 };
-                // grad_output of the group as a cog x ld matrix.
-                let d: &[E::Acc] = match (nbk == 1 && native)
+                // grad_output of the group as a cog x ld matrix (through the ReLU, if any).
+                let d: &[E::Acc] = match (nbk == 1 && native && relu_out.is_none())
                     .then(|| same(&grad_out[((i0 * p.c_out) + gi * cog) * pix..][..cog * pix]))
                     .flatten()
                 {
@@ -224,7 +232,14 @@ where
                     None => {
                         for i in 0..nbk {
                             for c in 0..cog {
-                                load_row::<E>(&mut dbuf[c * ld + i * pix..][..pix], go(i, c));
+                                let dst = &mut dbuf[c * ld + i * pix..][..pix];
+                                match relu_out {
+                                    Some(y) => {
+                                        let at = ((i0 + i) * p.c_out + gi * cog + c) * pix;
+                                        load_row_relu::<E>(dst, go(i, c), &y[at..][..pix]);
+                                    }
+                                    None => load_row::<E>(dst, go(i, c)),
+                                }
                             }
                         }
                         &dbuf[..cog * ld]

@@ -121,13 +121,13 @@ fn run<E: Element>(
     let mut gw = vec![conv(f64::NAN); p.weight_len()];
     let mut gb = vec![conv(f64::NAN); p.c_out];
     pool::install(threads, || {
-        conv2d_forward(p, &x, &w, Some(&b), &mut y).unwrap();
+        conv2d_forward(p, &x, &w, Some(&b), false, &mut y).unwrap();
         let grads = Conv2dGrads {
             input: Some(&mut gx),
             weight: Some(&mut gw),
             bias: Some(&mut gb),
         };
-        conv2d_backward(p, &gy, &x, &w, grads).unwrap();
+        conv2d_backward(p, &gy, None, &x, &w, grads).unwrap();
     });
     close("output", &f(&y), &want[0], tol);
     close("grad_input", &f(&gx), &want[1], tol);
@@ -168,6 +168,90 @@ fn f32_and_bf16_match_definition() {
     }
 }
 
+/// The fused ReLU gives exactly relu(conv) forward, and backward exactly the unfused gradients
+/// of `threshold_backward(gy, y, 0)`: the same products on the same numbers, bit for bit.
+/// Returns whether the output had both signs (the mask did something).
+fn relu_matches_unfused<E: Element>(p: &Conv2dParams, threads: usize, conv: fn(f64) -> E) -> bool
+where
+    E::Acc: Scratch,
+{
+    let x: Vec<E> = data(p.input_len(), 1).into_iter().map(conv).collect();
+    let w: Vec<E> = data(p.weight_len(), 2).into_iter().map(conv).collect();
+    let b: Vec<E> = data(p.c_out, 3).into_iter().map(conv).collect();
+    let gy: Vec<E> = data(p.output_len(), 4).into_iter().map(conv).collect();
+    let zero = <E::Acc as Real>::ZERO;
+    let bits = |v: &[E]| {
+        v.iter()
+            .map(|e| e.load().to_f64().to_bits())
+            .collect::<Vec<_>>()
+    };
+    pool::install(threads, || {
+        let (mut plain, mut fused) = (
+            vec![conv(0.0); p.output_len()],
+            vec![conv(0.0); p.output_len()],
+        );
+        conv2d_forward(p, &x, &w, Some(&b), false, &mut plain).unwrap();
+        conv2d_forward(p, &x, &w, Some(&b), true, &mut fused).unwrap();
+        let relu: Vec<E> = plain.iter().map(|v| E::store(relu(v.load()))).collect();
+        assert_eq!(bits(&fused), bits(&relu), "forward {p:?}");
+        let mixed = fused.iter().any(|v| v.load() == zero) && fused.iter().any(|v| v.load() > zero);
+        let masked: Vec<E> = gy
+            .iter()
+            .zip(&fused)
+            .map(|(g, y)| if y.load() <= zero { E::store(zero) } else { *g })
+            .collect();
+        let grads = |gy: &[E], relu_out: Option<&[E]>| {
+            let (mut gx, mut gw, mut gb) = (
+                vec![conv(0.0); p.input_len()],
+                vec![conv(0.0); p.weight_len()],
+                vec![conv(0.0); p.c_out],
+            );
+            let out = Conv2dGrads {
+                input: Some(&mut gx),
+                weight: Some(&mut gw),
+                bias: Some(&mut gb),
+            };
+            conv2d_backward(p, gy, relu_out, &x, &w, out).unwrap();
+            [bits(&gx), bits(&gw), bits(&gb)]
+        };
+        assert_eq!(
+            grads(&gy, Some(&fused)),
+            grads(&masked, None),
+            "backward {p:?}"
+        );
+        assert!(conv2d_backward(
+            p,
+            &gy,
+            Some(&fused[1..]),
+            &x,
+            &w,
+            Conv2dGrads {
+                input: None,
+                weight: None,
+                bias: None
+            }
+        )
+        .is_err());
+        mixed
+    })
+}
+
+#[test]
+fn fused_relu_matches_relu_of_the_plain_convolution() {
+    let mut mixed = 0;
+    for p in shapes() {
+        for threads in [1, 2] {
+            relu_matches_unfused::<f64>(&p, threads, |v| v);
+            relu_matches_unfused::<f32>(&p, threads, |v| v as f32);
+        }
+        mixed += relu_matches_unfused::<bf16>(&p, 2, bf16::from_f64) as usize;
+    }
+    assert!(
+        2 * mixed > shapes().len(),
+        "the data must make the ReLU cut somewhere"
+    );
+}
+
 #[test]
 fn scalar_isa_matches() {
     if isa::set_override(Some(Isa::Scalar)).is_ok() {
@@ -184,11 +268,11 @@ fn bad_shapes_are_errors_not_panics() {
     let x = vec![0f32; p.input_len()];
     let w = vec![0f32; p.weight_len()];
     let mut y = vec![0f32; p.output_len()];
-    assert!(conv2d_forward(&p, &x[1..], &w, None, &mut y).is_err());
-    assert!(conv2d_forward(&p, &x, &w, Some(&[0.0; 5]), &mut y).is_err());
+    assert!(conv2d_forward(&p, &x[1..], &w, None, false, &mut y).is_err());
+    assert!(conv2d_forward(&p, &x, &w, Some(&[0.0; 5]), false, &mut y).is_err());
     let mut q = p;
     q.groups = 3;
-    assert!(conv2d_forward(&q, &x, &w, None, &mut y).is_err());
+    assert!(conv2d_forward(&q, &x, &w, None, false, &mut y).is_err());
     q = p;
     q.stride = [0, 1];
     assert!(q.validate().is_err());
@@ -200,7 +284,7 @@ fn bad_shapes_are_errors_not_panics() {
         weight: None,
         bias: None,
     };
-    assert!(conv2d_backward(&p, &vec![0f32; p.output_len()], &x, &w, grads).is_err());
+    assert!(conv2d_backward(&p, &vec![0f32; p.output_len()], None, &x, &w, grads).is_err());
 }
 
 #[test]
@@ -214,9 +298,9 @@ fn empty_batch_gives_zero_grads() {
         weight: Some(&mut gw),
         bias: Some(&mut gb),
     };
-    conv2d_backward(&p, &[], &[], &w, grads).unwrap();
+    conv2d_backward(&p, &[], None, &[], &w, grads).unwrap();
     assert!(gw.iter().chain(&gb).all(|&v| v == 0.0));
-    conv2d_forward(&p, &[], &w, None, &mut []).unwrap();
+    conv2d_forward(&p, &[], &w, None, false, &mut []).unwrap();
 }
 
 /// Single-process timings of the seed CNN shapes (min over rounds): `cargo test --release -p
@@ -249,14 +333,14 @@ fn timing_probe() {
         let (mut gx, mut gw, mut gb) = (x.clone(), w.clone(), b.clone());
         for threads in [1, 2] {
             pool::install(threads, || {
-                let f = best(&mut || conv2d_forward(&p, &x, &w, Some(&b), &mut y).unwrap());
+                let f = best(&mut || conv2d_forward(&p, &x, &w, Some(&b), false, &mut y).unwrap());
                 let bw = best(&mut || {
                     let grads = Conv2dGrads {
                         input: Some(&mut gx),
                         weight: Some(&mut gw),
                         bias: Some(&mut gb),
                     };
-                    conv2d_backward(&p, &y, &x, &w, grads).unwrap()
+                    conv2d_backward(&p, &y, None, &x, &w, grads).unwrap()
                 });
                 let bi = best(&mut || {
                     let grads = Conv2dGrads {
@@ -264,7 +348,7 @@ fn timing_probe() {
                         weight: None,
                         bias: None,
                     };
-                    conv2d_backward(&p, &y, &x, &w, grads).unwrap()
+                    conv2d_backward(&p, &y, None, &x, &w, grads).unwrap()
                 });
                 let bwo = best(&mut || {
                     let grads = Conv2dGrads {
@@ -272,7 +356,7 @@ fn timing_probe() {
                         weight: Some(&mut gw),
                         bias: None,
                     };
-                    conv2d_backward(&p, &y, &x, &w, grads).unwrap()
+                    conv2d_backward(&p, &y, None, &x, &w, grads).unwrap()
                 });
                 println!(
                     "{ci}->{co} {hw}x{hw} threads {threads}: fwd {f:.3} ms, bwd {bw:.3} ms \

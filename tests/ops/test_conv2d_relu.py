@@ -1,0 +1,109 @@
+"""bigmodel_native.ops.conv2d_relu: exactly relu(conv2d) forward and backward, in one kernel call.
+
+The fused op must give the same bits as our conv2d followed by torch.relu (the same products on
+the same numbers; the ReLU and its mask applied inside the kernel), match torch's
+relu(F.conv2d) within the usual tolerances, keep torch's ReLU edge cases (-0.0 and NaN pass,
+the gradient is cut where the output is <= 0), and pass opcheck and gradcheck.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from bigmodel_native.ops import conv2d, conv2d_relu
+
+from .test_conv2d import GRID, _ids, _inputs
+
+OPS = torch.ops.bigmodel_native
+
+
+def _grads(fn, xs, ws, kw, dtype, bias):
+    x, w, b = _inputs(xs, ws, dtype, bias)
+    y = fn(x, w, b, **kw)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    params = (x, w) if b is None else (x, w, b)
+    return (y.detach(), *torch.autograd.grad(y, params, gy))
+
+
+def _unfused(x, w, b, **kw):
+    return torch.relu(conv2d(x, w, b, **kw))
+
+
+@pytest.mark.parametrize("row", GRID, ids=_ids)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_same_bits_as_conv2d_then_relu(row, dtype) -> None:
+    xs, ws, kw = row
+    fused = _grads(conv2d_relu, xs, ws, kw, dtype, bias=True)
+    plain = _grads(_unfused, xs, ws, kw, dtype, bias=True)
+    for got, want in zip(fused, plain, strict=True):
+        assert torch.equal(got, want)
+    assert (fused[0] == 0).any() and (fused[0] > 0).any()  # the mask did cut somewhere
+
+
+@pytest.mark.parametrize("row", GRID[:6], ids=_ids)
+def test_matches_torch(row) -> None:
+    xs, ws, kw = row
+    ours = _grads(conv2d_relu, xs, ws, kw, torch.float64, bias=False)
+    ref = _grads(lambda x, w, b, **k: torch.relu(F.conv2d(x, w, b, **k)), xs, ws, kw, torch.float64, False)
+    for got, want in zip(ours, ref, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_relu_edge_cases_are_torchs() -> None:
+    # A 1x1 identity convolution puts chosen values through the ReLU: -0.0 and NaN pass as in
+    # torch.relu, and the gradient is zero exactly where threshold_backward makes it zero.
+    v = torch.tensor([-0.0, 0.0, float("nan"), -1.0, 2.0, float("inf"), -float("inf"), 1e-30])
+    x = v.reshape(1, 1, 1, -1).clone().requires_grad_()
+    w = torch.ones(1, 1, 1, 1)
+    y = conv2d_relu(x, w)
+    want = torch.relu(x.detach())
+    assert torch.equal(torch.signbit(y), torch.signbit(want))
+    torch.testing.assert_close(y.detach(), want, equal_nan=True)
+    (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert gx.flatten().tolist() == [0, 0, 1, 0, 1, 1, 0, 1]
+
+
+def test_unbatched_and_no_grad() -> None:
+    x, w, b = _inputs((3, 9, 9), (5, 3, 3, 3), torch.float32)
+    with torch.no_grad():
+        assert torch.equal(conv2d_relu(x, w, b, padding=1), torch.relu(conv2d(x, w, b, padding=1)))
+    assert conv2d_relu(x, w, b).shape == (5, 7, 7)
+
+
+def test_opcheck_and_gradcheck() -> None:
+    x, w, b = _inputs((2, 3, 7, 7), (4, 3, 3, 3), torch.float32)
+    conf = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    torch.library.opcheck(OPS.conv2d_relu, (x, w, b, *conf))
+    y = OPS.conv2d_relu(x.detach(), w.detach(), b.detach(), *conf)
+    torch.library.opcheck(
+        OPS.conv2d_relu_backward, (torch.randn_like(y), y, x.detach(), w.detach(), *conf, [True, True, True])
+    )
+    x, w, b = _inputs((2, 4, 6, 5), (4, 2, 3, 2), torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: conv2d_relu(x, w, b, stride=2, padding=1, groups=2), (x, w, b)
+    )
+
+
+def test_bad_inputs() -> None:
+    x, w, b = _inputs((2, 3, 7, 7), (4, 3, 3, 3), torch.float32)
+    with pytest.raises(RuntimeError):  # torch's checks, as conv2d's
+        conv2d_relu(x, w[:, :2], b)
+    y = OPS.conv2d_relu(x.detach(), w.detach(), b.detach(), [1, 1], [0] * 4, [1, 1], 1)
+    with pytest.raises(RuntimeError, match="output of size"):
+        OPS.conv2d_relu_backward(y, y[:1], x.detach(), w.detach(), [1, 1], [0] * 4, [1, 1], 1, [True] * 3)
+    if torch.cuda.is_available():
+        with pytest.raises(NotImplementedError, match="CPU tensors"):
+            conv2d_relu(x.cuda(), w.cuda())
+    with pytest.raises(NotImplementedError, match="CPU tensors"):
+        conv2d_relu(x.to("meta"), w.to("meta"))
+
+
+def test_torch_compile_fullgraph() -> None:
+    x, w, b = _inputs((2, 3, 7, 7), (4, 3, 3, 3), torch.float32)
+    fn = torch.compile(lambda x, w, b: conv2d_relu(x, w, b, padding=1), backend="aot_eager", fullgraph=True)
+    got = fn(x, w, b)
+    assert torch.equal(got, conv2d_relu(x, w, b, padding=1))
+    torch.testing.assert_close(
+        torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(_unfused(x, w, b, padding=1).sum(), x)[0]
+    )
