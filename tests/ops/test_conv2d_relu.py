@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from bigmodel_native.ops import conv2d, conv2d_relu
+from bigmodel_native.ops import conv2d, conv2d_relu, conv2d_relu_max_pool2d, max_pool2d
 
 from .test_conv2d import GRID, _ids, _inputs
 
@@ -107,3 +107,59 @@ def test_torch_compile_fullgraph() -> None:
     torch.testing.assert_close(
         torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(_unfused(x, w, b, padding=1).sum(), x)[0]
     )
+
+
+# ----------------------------------------------------------------------------- + max_pool2d(2)
+
+
+def _unfused_pool(x, w, b, **kw):
+    return max_pool2d(conv2d_relu(x, w, b, **kw), 2)
+
+
+@pytest.mark.parametrize("row", GRID, ids=_ids)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_pooled_same_bits_as_conv2d_relu_then_max_pool2d(row, dtype) -> None:
+    xs, ws, kw = row
+    fused = _grads(conv2d_relu_max_pool2d, xs, ws, kw, dtype, bias=True)
+    plain = _grads(_unfused_pool, xs, ws, kw, dtype, bias=True)
+    for got, want in zip(fused, plain, strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("row", GRID[:6], ids=_ids)
+def test_pooled_matches_torch(row) -> None:
+    xs, ws, kw = row
+    ours = _grads(conv2d_relu_max_pool2d, xs, ws, kw, torch.float64, bias=True)
+    ref = _grads(
+        lambda x, w, b, **k: F.max_pool2d(torch.relu(F.conv2d(x, w, b, **k)), 2),
+        xs,
+        ws,
+        kw,
+        torch.float64,
+        True,
+    )
+    for got, want in zip(ours, ref, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_pooled_opcheck_gradcheck_and_bad_indices() -> None:
+    x, w, b = _inputs((2, 3, 9, 8), (4, 3, 3, 3), torch.float32)
+    conf = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    torch.library.opcheck(OPS.conv2d_relu_max_pool2d, (x, w, b, *conf))
+    y, ix = OPS.conv2d_relu_max_pool2d(x.detach(), w.detach(), b.detach(), *conf)
+    assert y.shape == ix.shape == (2, 4, 4, 4) and ix.dtype == torch.int64
+    args = (x.detach(), w.detach(), *conf, [True, True, True])
+    torch.library.opcheck(OPS.conv2d_relu_max_pool2d_backward, (torch.randn_like(y), y, ix, *args))
+    bad = ix.clone()
+    bad[0, 0, 0, 0] = 9 * 8  # past the 9x8 plane
+    with pytest.raises(IndexError, match="outside a plane"):
+        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), y, bad, *args)
+    with pytest.raises(RuntimeError, match="indices"):
+        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), y, ix.int(), *args)
+    x, w, b = _inputs((2, 4, 7, 6), (4, 2, 3, 2), torch.float64)
+    fn = lambda x, w, b: conv2d_relu_max_pool2d(x, w, b, padding=1, groups=2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    with pytest.raises(NotImplementedError, match="CPU tensors"):
+        conv2d_relu_max_pool2d(x.to("meta"), w.to("meta"))
+    unbatched = conv2d_relu_max_pool2d(x[0], w, b, padding=1, groups=2)
+    assert torch.equal(unbatched, fn(x, w, b)[0])

@@ -6,10 +6,11 @@
 //! kernel runs on the pool with the GIL released.
 
 use crate::errors::to_py;
-use crate::tensors::{kernel_info, TensorInfo};
+use crate::tensors::{index_info, kernel_info, TensorInfo};
 use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::conv2d::{
-    conv2d_backward as backward, conv2d_forward as forward, Conv2dGrads, Conv2dParams, Scratch,
+    conv2d_backward as backward, conv2d_forward as forward, conv2d_relu_pool2_forward as pooled,
+    Conv2dGrads, Conv2dParams, Scratch, Upstream,
 };
 use bigmodel_kernels::element::{DType, Element};
 use bigmodel_kernels::{pool, Result};
@@ -76,9 +77,10 @@ fn params(
 
 /// Fills `output` (N, C_out, OH, OW) with conv2d(input, weight) + bias, or with its ReLU when
 /// `relu`. `padding` is the padding before the first row and column; `out_hw` the output's
-/// spatial size.
+/// spatial size. With `pool_indices` (and `relu`), `output` and `pool_indices` (N, C_out,
+/// OH / 2, OW / 2) get max_pool2d(relu(conv2d), 2) and its indices.
 #[pyfunction]
-#[pyo3(signature = (input, weight, bias, output, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu=false))]
+#[pyo3(signature = (input, weight, bias, output, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu=false, pool_indices=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     py: Python<'_>,
@@ -95,6 +97,7 @@ pub fn conv2d_forward(
     out_hw: (usize, usize),
     num_threads: usize,
     relu: bool,
+    pool_indices: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let p = params(
         input_shape,
@@ -113,21 +116,40 @@ pub fn conv2d_forward(
     ])?;
     let [x, w, b, y] = [t[0], t[1], t[2], t[3]];
     let (x, w, y) = (x.unwrap_or(EMPTY), w.unwrap_or(EMPTY), y.unwrap_or(EMPTY));
-    if [Some(x), Some(w), b]
-        .iter()
-        .flatten()
-        .any(|r| overlap(r, &y))
-    {
-        return Err(PyRuntimeError::new_err(
-            "conv2d: output must not share memory with an input",
-        ));
+    let ix = match pool_indices {
+        Some(_) if !relu => {
+            return Err(PyRuntimeError::new_err(
+                "conv2d: the fused pooling follows the fused ReLU (relu=True)",
+            ))
+        }
+        Some(t) => Some(as_info(index_info(t, "conv2d")?)),
+        None => None,
+    };
+    let written = [Some(y), ix];
+    for out in written.iter().flatten() {
+        if [Some(x), Some(w), b]
+            .iter()
+            .flatten()
+            .any(|r| overlap(r, out))
+        {
+            return Err(PyRuntimeError::new_err(
+                "conv2d: output must not share memory with an input",
+            ));
+        }
+    }
+    if let Some(ix) = ix {
+        if overlap(&ix, &y) {
+            return Err(PyRuntimeError::new_err(
+                "conv2d: the indices must not share memory with the output",
+            ));
+        }
     }
     py.detach(|| {
         pool::run(num_threads, serial(&p), || match dtype {
-            DType::F32 => run_forward::<f32>(&p, x, w, b, relu, y),
-            DType::F64 => run_forward::<f64>(&p, x, w, b, relu, y),
-            DType::BF16 => run_forward::<bf16>(&p, x, w, b, relu, y),
-            DType::F16 => run_forward::<f16>(&p, x, w, b, relu, y),
+            DType::F32 => run_forward::<f32>(&p, x, w, b, relu, y, ix),
+            DType::F64 => run_forward::<f64>(&p, x, w, b, relu, y, ix),
+            DType::BF16 => run_forward::<bf16>(&p, x, w, b, relu, y, ix),
+            DType::F16 => run_forward::<f16>(&p, x, w, b, relu, y, ix),
         })
     })
     .map_err(to_py)
@@ -162,6 +184,16 @@ const EMPTY: TensorInfo = TensorInfo {
     dtype: DType::F32,
 };
 
+/// An int64 tensor's (pointer, count) as a [`TensorInfo`] for the overlap checks (its `dtype`
+/// field is unused: 8-byte elements, as F64).
+fn as_info((ptr, numel): (usize, usize)) -> TensorInfo {
+    TensorInfo {
+        ptr,
+        numel,
+        dtype: DType::F64,
+    }
+}
+
 fn run_forward<E: Element>(
     p: &Conv2dParams,
     x: TensorInfo,
@@ -169,14 +201,15 @@ fn run_forward<E: Element>(
     b: Option<TensorInfo>,
     relu: bool,
     y: TensorInfo,
+    ix: Option<TensorInfo>,
 ) -> Result<()>
 where
     E::Acc: Scratch,
 {
     // SAFETY: each pointer is the data pointer of a live contiguous CPU tensor of `numel`
-    // elements of this dtype (inspected above), kept alive by the Python caller for the whole
-    // call; the output is a fresh tensor distinct from the inputs (checked above), and the
-    // inputs are only read.
+    // elements of this dtype (inspected above; int64 for the indices), kept alive by the Python
+    // caller for the whole call; the output and the indices overlap neither the inputs nor each
+    // other (checked above), and the inputs are only read.
     unsafe {
         let x = slice::<E>(x.ptr, x.numel, "input")?;
         let w = slice::<E>(w.ptr, w.numel, "weight")?;
@@ -185,14 +218,26 @@ where
             None => None,
         };
         let y = slice_mut::<E>(y.ptr, y.numel, "output")?;
-        forward(p, x, w, b, relu, y)
+        match ix {
+            Some(ix) => pooled(
+                p,
+                x,
+                w,
+                b,
+                y,
+                slice_mut::<i64>(ix.ptr, ix.numel, "indices")?,
+            ),
+            None => forward(p, x, w, b, relu, y),
+        }
     }
 }
 
 /// Fills the gradients passed (None for those not wanted) of conv2d given `grad_output`; with
-/// `relu_output` (the output of a forward with `relu`), of relu(conv2d).
+/// `relu_output` (the output of a forward with `relu`), of relu(conv2d); with `relu_output`
+/// and `pool_indices` (a pooled forward's outputs, `grad_output` shaped like them), of
+/// max_pool2d(relu(conv2d), 2).
 #[pyfunction]
-#[pyo3(signature = (grad_output, input, weight, grad_input, grad_weight, grad_bias, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu_output=None))]
+#[pyo3(signature = (grad_output, input, weight, grad_input, grad_weight, grad_bias, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu_output=None, pool_indices=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     py: Python<'_>,
@@ -211,6 +256,7 @@ pub fn conv2d_backward(
     out_hw: (usize, usize),
     num_threads: usize,
     relu_output: Option<&Bound<'_, PyAny>>,
+    pool_indices: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<()> {
     let p = params(
         input_shape,
@@ -233,12 +279,25 @@ pub fn conv2d_backward(
     let reads = [t[0], t[1], t[2]].map(|i| i.unwrap_or(EMPTY));
     let writes = [t[3], t[4], t[5]];
     let relu_out = t[6];
+    let ix = match (pool_indices, relu_out) {
+        (Some(t), Some(_)) => Some(as_info(index_info(t, "conv2d")?)),
+        (Some(_), None) => {
+            return Err(PyRuntimeError::new_err(
+                "conv2d: pool_indices come with the pooled output (relu_output)",
+            ))
+        }
+        (None, _) => None,
+    };
     // Every written tensor must be distinct from every other tensor (fresh outputs from Python).
     for (i, a) in writes.iter().enumerate() {
         let Some(a) = a.filter(|a| a.numel > 0) else {
             continue;
         };
-        let clash = reads.iter().chain(&relu_out).any(|r| overlap(r, &a))
+        let clash = reads
+            .iter()
+            .chain(&relu_out)
+            .chain(&ix)
+            .any(|r| overlap(r, &a))
             || writes
                 .iter()
                 .enumerate()
@@ -251,10 +310,10 @@ pub fn conv2d_backward(
     }
     py.detach(|| {
         pool::run(num_threads, serial(&p), || match dtype {
-            DType::F32 => run_backward::<f32>(&p, reads, relu_out, writes),
-            DType::F64 => run_backward::<f64>(&p, reads, relu_out, writes),
-            DType::BF16 => run_backward::<bf16>(&p, reads, relu_out, writes),
-            DType::F16 => run_backward::<f16>(&p, reads, relu_out, writes),
+            DType::F32 => run_backward::<f32>(&p, reads, [relu_out, ix], writes),
+            DType::F64 => run_backward::<f64>(&p, reads, [relu_out, ix], writes),
+            DType::BF16 => run_backward::<bf16>(&p, reads, [relu_out, ix], writes),
+            DType::F16 => run_backward::<f16>(&p, reads, [relu_out, ix], writes),
         })
     })
     .map_err(to_py)
@@ -263,7 +322,7 @@ pub fn conv2d_backward(
 fn run_backward<E: Element>(
     p: &Conv2dParams,
     reads: [TensorInfo; 3],
-    relu_out: Option<TensorInfo>,
+    [relu_out, ix]: [Option<TensorInfo>; 2],
     writes: [Option<TensorInfo>; 3],
 ) -> Result<()>
 where
@@ -278,9 +337,17 @@ where
         let gy = slice::<E>(gy.ptr, gy.numel, "grad_output")?;
         let x = slice::<E>(x.ptr, x.numel, "input")?;
         let w = slice::<E>(w.ptr, w.numel, "weight")?;
-        let relu_out = match relu_out {
-            Some(y) => Some(slice::<E>(y.ptr, y.numel, "relu_output")?),
-            None => None,
+        let up = match (relu_out, ix) {
+            (Some(y), Some(ix)) => Upstream::ReluPool2 {
+                grad: gy,
+                out: slice::<E>(y.ptr, y.numel, "relu_output")?,
+                indices: slice::<i64>(ix.ptr, ix.numel, "pool_indices")?,
+            },
+            (Some(y), None) => Upstream::Relu {
+                grad: gy,
+                out: slice::<E>(y.ptr, y.numel, "relu_output")?,
+            },
+            _ => Upstream::Conv(gy),
         };
         let mut outs: [Option<&mut [E]>; 3] = [None, None, None];
         for (k, t) in writes.iter().enumerate() {
@@ -291,8 +358,7 @@ where
         let [gi, gw, gb] = outs;
         backward(
             p,
-            gy,
-            relu_out,
+            up,
             x,
             w,
             Conv2dGrads {

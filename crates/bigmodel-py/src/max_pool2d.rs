@@ -6,7 +6,7 @@
 //! runs on the pool with the GIL released.
 
 use crate::errors::to_py;
-use crate::tensors::{kernel_info, TensorInfo};
+use crate::tensors::{index_info, kernel_info, TensorInfo};
 use crate::views::{slice, slice_mut};
 use bigmodel_kernels::cpu::max_pool2d::{
     max_pool2d_backward as backward, max_pool2d_forward as forward, MaxPool2dParams,
@@ -16,33 +16,9 @@ use bigmodel_kernels::{pool, Result};
 use half::{bf16, f16};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::{intern, Py};
 
 fn info(t: &Bound<'_, PyAny>, what: &str) -> PyResult<TensorInfo> {
     kernel_info(t, "max_pool2d", what)
-}
-
-static INT64: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// A contiguous int64 CPU tensor: its data pointer and element count.
-fn indices_info(t: &Bound<'_, PyAny>) -> PyResult<(usize, usize)> {
-    let py = t.py();
-    let int64 = INT64.get_or_try_init(py, || {
-        PyResult::Ok(py.import("torch")?.getattr("int64")?.unbind())
-    })?;
-    if !t.getattr(intern!(py, "is_cpu"))?.is_truthy()?
-        || !t.getattr(intern!(py, "dtype"))?.is(int64.bind(py))
-        || !t.call_method0(intern!(py, "is_contiguous"))?.is_truthy()?
-    {
-        return Err(PyRuntimeError::new_err(
-            "max_pool2d: indices must be a contiguous int64 CPU tensor",
-        ));
-    }
-    Ok((
-        t.call_method0(intern!(py, "data_ptr"))?.extract()?,
-        t.getattr(intern!(py, "nbytes"))?.extract::<usize>()? / 8,
-    ))
 }
 
 /// Whether two byte ranges `(ptr, bytes)` intersect (empty ones intersect nothing).
@@ -97,7 +73,7 @@ pub fn max_pool2d_forward(
     let p = params(planes, hw, kernel, stride, padding, dilation, out_hw);
     let x = info(input, "input")?;
     let y = info(output, "output")?;
-    let ix = indices_info(indices)?;
+    let ix = index_info(indices, "max_pool2d")?;
     if y.dtype != x.dtype {
         return Err(PyRuntimeError::new_err(
             "max_pool2d: output must have the input's dtype",
@@ -161,7 +137,7 @@ pub fn max_pool2d_backward(
     let p = params(planes, hw, kernel, stride, padding, dilation, out_hw);
     let gy = info(grad_output, "grad_output")?;
     let gx = info(grad_input, "grad_input")?;
-    let ix = indices_info(indices)?;
+    let ix = index_info(indices, "max_pool2d")?;
     if gy.dtype != gx.dtype {
         return Err(PyRuntimeError::new_err(
             "max_pool2d_backward: grad_output and grad_input must share a dtype",

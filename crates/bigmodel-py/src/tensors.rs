@@ -171,3 +171,26 @@ pub fn kernel_info(t: &Bound<'_, PyAny>, op: &str, what: &str) -> PyResult<Tenso
         ))),
     }
 }
+
+static INT64: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A contiguous int64 CPU tensor (pooling indices): its data pointer and element count.
+pub fn index_info(t: &Bound<'_, PyAny>, op: &str) -> PyResult<(usize, usize)> {
+    let py = t.py();
+    let n = names(py);
+    let int64 = INT64.get_or_try_init(py, || {
+        PyResult::Ok(py.import("torch")?.getattr("int64")?.unbind())
+    })?;
+    if !t.getattr(n.is_cpu.bind(py))?.is_truthy()?
+        || !t.getattr(n.dtype.bind(py))?.is(int64.bind(py))
+        || !call0(t, n.is_contiguous.bind(py))?.is_truthy()?
+    {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "{op}: indices must be a contiguous int64 CPU tensor"
+        )));
+    }
+    Ok((
+        call0(t, n.data_ptr.bind(py))?.extract()?,
+        t.getattr(n.nbytes.bind(py))?.extract::<usize>()? / 8,
+    ))
+}

@@ -41,10 +41,15 @@ scaled_dot_product_attention = _resolve(
 )
 
 conv2d_relu = _resolve("conv2d_relu", "bigmodel_native.ops", None)
-if conv2d_relu is None:
-    IMPLEMENTATIONS["conv2d_relu"] = "not used: Conv2d and ReLU run as two modules"
-else:
-    IMPLEMENTATIONS["conv2d_relu"] = "bigmodel_native on CPU (Conv2d then ReLU on other devices)"
+conv2d_relu_max_pool2d = _resolve("conv2d_relu_max_pool2d", "bigmodel_native.ops", None)
+for _name, _modules in (
+    ("conv2d_relu", "Conv2d, ReLU"),
+    ("conv2d_relu_max_pool2d", "Conv2d, ReLU, MaxPool2d(2)"),
+):
+    if IMPLEMENTATIONS[_name] == "bigmodel_native":
+        IMPLEMENTATIONS[_name] = f"bigmodel_native on CPU (on other devices {_modules} run one by one)"
+    else:
+        IMPLEMENTATIONS[_name] = f"not used: {_modules} run one by one"
 
 if IMPLEMENTATIONS["MaxPool2d"] == "bigmodel_native":
     # Its kernel is CPU-only; the module itself runs torch's pooling on other devices.
@@ -65,34 +70,56 @@ def _global_hooks() -> bool:
     return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)
 
 
+def _is_pool2(m: object) -> bool:
+    """A 2x2, stride-2, unpadded, floor-mode max pooling that returns no indices."""
+    if not isinstance(m, torch.nn.MaxPool2d) or _hooked(m):
+        return False
+    pair = torch.nn.modules.utils._pair
+    return (
+        pair(m.kernel_size) == (2, 2)
+        and pair(m.stride) == (2, 2)
+        and pair(m.padding) == (0, 0)
+        and pair(m.dilation) == (1, 1)
+        and not m.ceil_mode
+        and not m.return_indices
+    )
+
+
 def run_sequential(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """``seq(x)``, with every (our ``Conv2d``, ``nn.ReLU``) pair run as one :func:`conv2d_relu`
-    call on CPU: the same values and gradients with two passes over the activation fewer.
+    """``seq(x)``, with every (our ``Conv2d``, ``nn.ReLU``, ``MaxPool2d(2)``) triple run as one
+    :func:`conv2d_relu_max_pool2d` call and every other (``Conv2d``, ``ReLU``) pair as one
+    :func:`conv2d_relu` call, on CPU: the same values and gradients, bit for bit, without the
+    full-size activation's extra passes over memory.
 
     The modules, their parameters and the ``state_dict`` stay exactly those of the plain stack.
     Where fusing would change what a user observes, the stack runs module by module: forward
-    hooks on the container or on either module of a pair (they would not fire), global
-    module hooks, a ``padding_mode`` other than ``"zeros"``, a tensor not on the CPU.
+    hooks on the container or on a fused module (they would not fire), global module hooks, a
+    ``padding_mode`` other than ``"zeros"``, a tensor not on the CPU.
     """
     if conv2d_relu is None or _hooked(seq) or _global_hooks() or x.device.type != "cpu":
         return seq(x)
     mods = list(seq)
     i = 0
     while i < len(mods):
-        conv = mods[i]
-        nxt = mods[i + 1] if i + 1 < len(mods) else None
-        if (
+        conv, nxt, third = (mods[i : i + 3] + [None, None])[:3]
+        fusable = (
             isinstance(conv, Conv2d)
             and Conv2d is not torch.nn.Conv2d
             and type(nxt) is torch.nn.ReLU
             and conv.padding_mode == "zeros"
             and not (_hooked(conv) or _hooked(nxt))
-        ):
-            x = conv2d_relu(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-            i += 2
-        else:
+        )
+        if not fusable:
             x = conv(x)
             i += 1
+            continue
+        args = (conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        if conv2d_relu_max_pool2d is not None and _is_pool2(third):
+            x = conv2d_relu_max_pool2d(x, *args)
+            i += 3
+        else:
+            x = conv2d_relu(x, *args)
+            i += 2
     return x
 
 
@@ -108,6 +135,7 @@ __all__ = [
     "MaxPool2d",
     "MultiheadAttention",
     "conv2d_relu",
+    "conv2d_relu_max_pool2d",
     "cross_entropy",
     "describe",
     "run_sequential",

@@ -14,7 +14,7 @@ from . import (
 )
 from .adam import adam_step_
 from .attention import scaled_dot_product_attention
-from .conv2d import conv2d, conv2d_relu
+from .conv2d import conv2d, conv2d_relu, conv2d_relu_max_pool2d
 from .cross_entropy import cross_entropy, cross_entropy_inplace_backward
 from .max_pool2d import max_pool2d
 
@@ -22,6 +22,7 @@ __all__ = [
     "adam_step_",
     "conv2d",
     "conv2d_relu",
+    "conv2d_relu_max_pool2d",
     "cross_entropy",
     "cross_entropy_inplace_backward",
     "max_pool2d",

@@ -53,6 +53,15 @@ LIB.define(
     "conv2d_relu_backward(Tensor grad_output, Tensor output, Tensor input, Tensor weight, int[2] stride, "
     "int[4] padding, int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)"
 )
+LIB.define(
+    "conv2d_relu_max_pool2d(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+    "int[2] dilation, int groups) -> (Tensor, Tensor)"
+)
+LIB.define(
+    "conv2d_relu_max_pool2d_backward(Tensor grad_output, Tensor output, Tensor indices, Tensor input, "
+    "Tensor weight, int[2] stride, int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
+    "-> (Tensor, Tensor, Tensor)"
+)
 
 
 def _pair(name: str, value: int | Sequence[int]) -> list[int]:
@@ -194,11 +203,42 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups) -> Tens
     return input.new_empty((input.shape[0], weight.shape[0], *out_hw))
 
 
+def _pooled_shape(input: Tensor, weight: Tensor, out_hw) -> tuple[int, int, int, int]:
+    """The shape of max_pool2d(conv output, 2): 2x2 windows, stride 2, floor."""
+    return (input.shape[0], weight.shape[0], out_hw[0] // 2, out_hw[1] // 2)
+
+
+def _conv2d_relu_pool_cpu(input, weight, bias, stride, padding, dilation, groups) -> tuple[Tensor, Tensor]:
+    out_hw = _check(input, weight, bias, stride, padding, dilation, groups)
+    input, weight = input.contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    shape = _pooled_shape(input, weight, out_hw)
+    out = torch.empty(shape, dtype=input.dtype)
+    indices = torch.empty(shape, dtype=torch.int64)
+    _native.conv2d_forward(
+        input, weight, bias, out, relu=True, pool_indices=indices,
+        **_kwargs(input, weight, stride, padding, dilation, groups, out_hw),
+    )  # fmt: skip
+    return out, indices
+
+
+def _conv2d_relu_pool_fake(input, weight, bias, stride, padding, dilation, groups) -> tuple[Tensor, Tensor]:
+    shape = _pooled_shape(input, weight, _check(input, weight, bias, stride, padding, dilation, groups))
+    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+
+
 def _conv2d_backward_cpu(
-    grad_output, input, weight, stride, padding, dilation, groups, output_mask, relu_output=None
+    grad_output, input, weight, stride, padding, dilation, groups, output_mask, relu_output=None, indices=None
 ):
     out_hw = _check(input, weight, None, stride, padding, dilation, groups)
     want = (input.shape[0], weight.shape[0], *out_hw)
+    if indices is not None:  # the gradient of the pooled output
+        want = _pooled_shape(input, weight, out_hw)
+        if tuple(indices.shape) != want or indices.dtype != torch.int64:
+            raise RuntimeError(
+                f"{_NAME}_backward: indices of size {list(indices.shape)} and dtype {indices.dtype}, "
+                f"expected size {list(want)} and dtype torch.int64"
+            )
     for name, t in (("grad_output", grad_output), ("output", relu_output)):
         if t is not None and (tuple(t.shape) != want or t.dtype != input.dtype):
             raise RuntimeError(
@@ -212,6 +252,7 @@ def _conv2d_backward_cpu(
     _native.conv2d_backward(
         grad_output, input, weight, gi, gw, gb,
         relu_output=None if relu_output is None else relu_output.contiguous(),
+        pool_indices=None if indices is None else indices.contiguous(),
         **_kwargs(input, weight, stride, padding, dilation, groups, out_hw),
     )  # fmt: skip
     empty = input.new_empty(0)
@@ -249,9 +290,26 @@ def _conv2d_relu_backward_fake(
     return _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
 
 
+def _conv2d_relu_pool_backward_cpu(
+    grad_output, output, indices, input, weight, stride, padding, dilation, groups, output_mask
+):
+    return _conv2d_backward_cpu(
+        grad_output, input, weight, stride, padding, dilation, groups, output_mask, output, indices
+    )
+
+
+def _conv2d_relu_pool_backward_fake(
+    grad_output, output, indices, input, weight, stride, padding, dilation, groups, output_mask
+):
+    return _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
+
+
 def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
     input, weight, bias, stride, padding, dilation, groups = inputs
-    if relu:  # the output of a fused ReLU is its mask for the backward
+    if isinstance(output, tuple):  # pooled: the pooled output and its indices
+        ctx.mark_non_differentiable(output[1])
+        ctx.save_for_backward(input, weight, *output)
+    elif relu:  # the output of a fused ReLU is its mask for the backward
         ctx.save_for_backward(input, weight, output)
     else:
         ctx.save_for_backward(input, weight)
@@ -263,14 +321,18 @@ def _setup_relu_context(ctx, inputs, output) -> None:
     _setup_context(ctx, inputs, output, relu=True)
 
 
-def _backward(ctx, grad: Tensor):
-    input, weight, *relu_output = ctx.saved_tensors
+def _backward(ctx, grad: Tensor, *_grad_indices: Tensor | None):
+    input, weight, *outputs = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
     with torch.no_grad():
-        if relu_output:
+        if len(outputs) == 2:  # pooled output, indices
+            grads = torch.ops.bigmodel_native.conv2d_relu_max_pool2d_backward(
+                grad, *outputs, input, weight, *ctx.conf, mask
+            )
+        elif outputs:
             grads = torch.ops.bigmodel_native.conv2d_relu_backward(
-                grad, relu_output[0], input, weight, *ctx.conf, mask
+                grad, outputs[0], input, weight, *ctx.conf, mask
             )
         else:
             grads = torch.ops.bigmodel_native.conv2d_backward(grad, input, weight, *ctx.conf, mask)
@@ -294,6 +356,15 @@ torch.library.register_fake("bigmodel_native::conv2d_relu", _conv2d_fake, lib=LI
 torch.library.register_fake("bigmodel_native::conv2d_relu_backward", _conv2d_relu_backward_fake, lib=LIB)
 torch.library.register_autograd(
     "bigmodel_native::conv2d_relu", _backward, setup_context=_setup_relu_context, lib=LIB
+)
+LIB.impl("conv2d_relu_max_pool2d", _conv2d_relu_pool_cpu, "CPU")
+LIB.impl("conv2d_relu_max_pool2d_backward", _conv2d_relu_pool_backward_cpu, "CPU")
+torch.library.register_fake("bigmodel_native::conv2d_relu_max_pool2d", _conv2d_relu_pool_fake, lib=LIB)
+torch.library.register_fake(
+    "bigmodel_native::conv2d_relu_max_pool2d_backward", _conv2d_relu_pool_backward_fake, lib=LIB
+)
+torch.library.register_autograd(
+    "bigmodel_native::conv2d_relu_max_pool2d", _backward, setup_context=_setup_context, lib=LIB
 )
 
 
@@ -327,15 +398,37 @@ class _Conv2dReLU(torch.autograd.Function):
     backward = staticmethod(_backward)
 
 
-def _call(input: Tensor, weight: Tensor, bias: Tensor | None, *conf: object, relu: bool = False) -> Tensor:
+class _Conv2dReLUPool(torch.autograd.Function):
+    """:class:`_Conv2d` for ``conv2d_relu_max_pool2d``."""
+
+    @staticmethod
+    def forward(ctx, *args: object) -> tuple[Tensor, Tensor]:
+        out = _conv2d_relu_pool_cpu(*args)
+        _setup_context(ctx, args, out)
+        return out
+
+    backward = staticmethod(_backward)
+
+
+#: epilogue -> (eager autograd Function, CPU kernel, registered op name)
+_EPILOGUES = {
+    "": (_Conv2d, _conv2d_cpu, "conv2d"),
+    "relu": (_Conv2dReLU, _conv2d_relu_cpu, "conv2d_relu"),
+    "relu_pool": (_Conv2dReLUPool, _conv2d_relu_pool_cpu, "conv2d_relu_max_pool2d"),
+}
+
+
+def _call(input: Tensor, weight: Tensor, bias: Tensor | None, *conf: object, epilogue: str = "") -> Tensor:
+    function, kernel, op = _EPILOGUES[epilogue]
     if input.device.type == "cpu" and skips_dispatcher(input, weight, bias):
         tensors = (input, weight) if bias is None else (input, weight, bias)
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return (_Conv2dReLU if relu else _Conv2d).apply(input, weight, bias, *conf)
-        return _conv2d_cpu(input, weight, bias, *conf, relu=relu)
-    if relu:
-        return torch.ops.bigmodel_native.conv2d_relu(input, weight, bias, *conf)
-    return torch.ops.bigmodel_native.conv2d(input, weight, bias, *conf)
+            out = function.apply(input, weight, bias, *conf)
+        else:
+            out = kernel(input, weight, bias, *conf)
+    else:
+        out = getattr(torch.ops.bigmodel_native, op)(input, weight, bias, *conf)
+    return out[0] if epilogue == "relu_pool" else out
 
 
 def conv2d(
@@ -349,7 +442,7 @@ def conv2d(
 ) -> Tensor:
     """Drop-in for ``torch.nn.functional.conv2d`` running bigmodel_native's kernels (CPU, or CUDA for
     float32 / bfloat16 / float16 CUDA tensors: see ``conv2d_cuda.py``)."""
-    return _conv(input, weight, bias, stride, padding, dilation, groups, relu=False)
+    return _conv(input, weight, bias, stride, padding, dilation, groups, "")
 
 
 def conv2d_relu(
@@ -370,10 +463,34 @@ def conv2d_relu(
             f"bigmodel_native.ops.conv2d_relu runs on CPU tensors; got a tensor on {input.device} "
             "(use bigmodel_native.ops.conv2d followed by torch.relu)"
         )
-    return _conv(input, weight, bias, stride, padding, dilation, groups, relu=True)
+    return _conv(input, weight, bias, stride, padding, dilation, groups, "relu")
 
 
-def _conv(input, weight, bias, stride, padding, dilation, groups, relu: bool) -> Tensor:
+def conv2d_relu_max_pool2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: str | int | Sequence[int] = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """``F.max_pool2d(torch.relu(F.conv2d(...)), 2)`` in one kernel call, forward and backward.
+
+    Each image's convolution output is activated and pooled (2x2 windows, stride 2, floor) while
+    still in cache, so the full-size activation is never written, kept for the backward or read
+    again: the backward takes the pooled output and the pooling's indices and sends each pooled
+    gradient straight to its window's maximum. Values, gradients and their bits are those of
+    :func:`conv2d_relu` followed by max pooling. CPU tensors only."""
+    if input.device.type != "cpu":
+        raise NotImplementedError(
+            f"bigmodel_native.ops.conv2d_relu_max_pool2d runs on CPU tensors; got a tensor on {input.device} "
+            "(use bigmodel_native.ops.conv2d, torch.relu and max_pool2d)"
+        )
+    return _conv(input, weight, bias, stride, padding, dilation, groups, "relu_pool")
+
+
+def _conv(input, weight, bias, stride, padding, dilation, groups, epilogue: str) -> Tensor:
     if input.dim() not in (3, 4):
         raise RuntimeError(
             "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
@@ -385,6 +502,6 @@ def _conv(input, weight, bias, stride, padding, dilation, groups, relu: bool) ->
     dilation_ = _pair("dilation", dilation)
     padding_ = _resolve_padding(padding, weight, stride_, dilation_)
     if input.dim() == 3:
-        out = _call(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups, relu=relu)
+        out = _call(input.unsqueeze(0), weight, bias, stride_, padding_, dilation_, groups, epilogue=epilogue)
         return out.squeeze(0)
-    return _call(input, weight, bias, stride_, padding_, dilation_, groups, relu=relu)
+    return _call(input, weight, bias, stride_, padding_, dilation_, groups, epilogue=epilogue)

@@ -30,6 +30,7 @@ mod matmul;
 pub use im2col::{col2im, im2col, Geom};
 pub use matmul::{matmul, Mat, Scratch};
 
+use crate::cpu::max_pool2d::{self, MaxPool2dParams};
 use crate::element::{Element, Real};
 use crate::error::{Error, Result};
 use gemm::Parallelism;
@@ -300,6 +301,15 @@ fn to_acc<E: Element>(x: &[E], buf: &mut Vec<E::Acc>) -> bool {
     true
 }
 
+/// What the forward stores after the bias: the convolution, its ReLU, or the 2x2 max pooling
+/// (stride 2, floor) of its ReLU with the pooling's indices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    Relu,
+    ReluPool2,
+}
+
 /// out = conv2d(input, weight) + bias, every slice contiguous NCHW / OIHW; with `relu`,
 /// out = relu(conv2d(input, weight) + bias), the activation applied while each output row is
 /// still in cache instead of in a second pass over the output.
@@ -314,10 +324,56 @@ pub fn conv2d_forward<E: Element>(
 where
     E::Acc: Scratch,
 {
+    let epi = if relu { Epilogue::Relu } else { Epilogue::None };
+    forward_with(p, input, weight, bias, epi, out, &mut [])
+}
+
+/// `max_pool2d(relu(conv2d(input, weight) + bias), 2)` into `pooled` and `indices` (each
+/// `N x C_out x (OH / 2) x (OW / 2)`, the indices flat positions in their `OH x OW` plane, as
+/// torch's `max_pool2d_with_indices` reports them): the convolution's output never leaves the
+/// cache, and the pooling sees exactly the values (rounded to the element type) that
+/// [`conv2d_forward`] with `relu` would have stored.
+pub fn conv2d_relu_pool2_forward<E: Element>(
+    p: &Conv2dParams,
+    input: &[E],
+    weight: &[E],
+    bias: Option<&[E]>,
+    pooled: &mut [E],
+    indices: &mut [i64],
+) -> Result<()>
+where
+    E::Acc: Scratch,
+{
+    forward_with(p, input, weight, bias, Epilogue::ReluPool2, pooled, indices)
+}
+
+/// Elements of one image's stored output under `epi`.
+fn image_len(p: &Conv2dParams, epi: Epilogue) -> usize {
+    match epi {
+        Epilogue::ReluPool2 => p.c_out * (p.out[0] / 2) * (p.out[1] / 2),
+        _ => p.c_out * p.out[0] * p.out[1],
+    }
+}
+
+fn forward_with<E: Element>(
+    p: &Conv2dParams,
+    input: &[E],
+    weight: &[E],
+    bias: Option<&[E]>,
+    epi: Epilogue,
+    out: &mut [E],
+    indices: &mut [i64],
+) -> Result<()>
+where
+    E::Acc: Scratch,
+{
     p.validate()?;
     check_len("input", input.len(), p.input_len())?;
     check_len("weight", weight.len(), p.weight_len())?;
-    check_len("output", out.len(), p.output_len())?;
+    let per_image = image_len(p, epi);
+    check_len("output", out.len(), p.batch * per_image)?;
+    let pooled = epi == Epilogue::ReluPool2;
+    check_len("indices", indices.len(), if pooled { out.len() } else { 0 })?;
     if let Some(b) = bias {
         check_len("bias", b.len(), p.c_out)?;
     }
@@ -336,13 +392,31 @@ where
         same(weight).unwrap_or(&[])
     };
     let ba: Option<Vec<E::Acc>> = bias.map(|b| b.iter().map(|v| v.load()).collect());
-    let per_image = p.c_out * p.out[0] * p.out[1];
     let idx = p.geom().block_offsets(plan.nb, p.c_in * p.h * p.w);
-    out.par_chunks_mut(plan.nb * per_image)
+    let chunk = plan.nb * per_image;
+    // One (possibly empty) slice of indices per block, so both outputs split alike.
+    let ix: Vec<&mut [i64]> = if pooled {
+        indices.chunks_mut(chunk).collect()
+    } else {
+        (0..out.len().div_ceil(chunk))
+            .map(|_| Default::default())
+            .collect()
+    };
+    out.par_chunks_mut(chunk)
+        .zip(ix)
         .enumerate()
-        .try_for_each(|(blk, o)| {
-            forward_block(p, &plan, &idx, blk, input, wa, ba.as_deref(), relu, o)
+        .try_for_each(|(blk, (o, ix))| {
+            let nbk = o.len() / per_image;
+            let block = Block { blk, nbk, epi };
+            forward_block(p, &plan, &idx, block, input, wa, ba.as_deref(), o, ix)
         })
+}
+
+/// One block of images of the forward: its number, its size, what it stores.
+struct Block {
+    blk: usize,
+    nbk: usize,
+    epi: Epilogue,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -350,26 +424,45 @@ fn forward_block<E: Element>(
     p: &Conv2dParams,
     plan: &Plan,
     idx: &[usize],
-    blk: usize,
+    b: Block,
     input: &[E],
     wa: &[E::Acc],
     ba: Option<&[E::Acc]>,
-    relu: bool,
     o: &mut [E],
+    ix: &mut [i64],
 ) -> Result<()>
 where
     E::Acc: Scratch,
 {
     let g = p.geom();
     let (k, pix, cog) = (g.k(), g.p(), p.c_out / p.groups);
-    let nbk = o.len() / (p.c_out * pix);
-    let b0 = blk * plan.nb;
+    let nbk = b.nbk;
+    let b0 = b.blk * plan.nb;
     let ld = nbk * pix;
     let img = p.c_in * p.h * p.w;
-    let direct = nbk == 1 && TypeId::of::<E>() == TypeId::of::<E::Acc>();
-    let borrow_input = direct && p.pointwise();
+    // One f32/f64 image: the GEMM accumulates onto the bias, straight into the output (or, for
+    // a pooled output, into scratch with the same arithmetic, so both give the same bits).
+    let bias_first = nbk == 1 && TypeId::of::<E>() == TypeId::of::<E::Acc>();
+    let direct = bias_first && b.epi != Epilogue::ReluPool2;
+    let borrow_input = bias_first && p.pointwise();
     let col_len = if borrow_input { 0 } else { k * ld };
     let y_len = if direct { 0 } else { cog * ld };
+    // The pooled epilogue stores one ReLU plane here, in the element type, then pools it.
+    let mut plane = match b.epi {
+        Epilogue::ReluPool2 => vec![E::store(<E::Acc as Real>::ZERO); pix],
+        _ => Vec::new(),
+    };
+    let pool = MaxPool2dParams {
+        planes: 1,
+        h: p.out[0],
+        w: p.out[1],
+        kernel: [2, 2],
+        stride: [2, 2],
+        pad: [0, 0],
+        dilation: [1, 1],
+        out: [p.out[0] / 2, p.out[1] / 2],
+    };
+    let pooled_plane = pool.out[0] * pool.out[1];
     E::Acc::with_scratch(col_len + y_len, |s| {
         let (col, y) = s.split_at_mut(col_len);
         for gi in 0..p.groups {
@@ -384,9 +477,9 @@ where
             };
             let wg = Mat::rows(&wa[gi * cog * k..(gi + 1) * cog * k], cog, k, k);
             let rhs = Mat::rows(cols, k, ld, ld);
-            let outg = &mut o[gi * cog * pix..];
+            // (`direct` never holds for a pooled output, which is smaller than `cog * pix`.)
             if let Some(dst) = direct
-                .then(|| same_mut::<E, E::Acc>(&mut outg[..cog * pix]))
+                .then(|| same_mut::<E, E::Acc>(&mut o[gi * cog * pix..][..cog * pix]))
                 .flatten()
             {
                 if let Some(b) = ba {
@@ -395,20 +488,39 @@ where
                     }
                 }
                 matmul(dst, pix, ba.is_some(), wg, rhs, plan.inner)?;
-                if relu {
+                if b.epi == Epilogue::Relu {
                     relu_in_place::<E::Acc>(dst);
                 }
             } else {
-                matmul(y, ld, false, wg, rhs, plan.inner)?;
+                if let (true, Some(b)) = (bias_first, ba) {
+                    for c in 0..cog {
+                        y[c * pix..(c + 1) * pix].fill(b[gi * cog + c]);
+                    }
+                }
+                matmul(y, ld, bias_first && ba.is_some(), wg, rhs, plan.inner)?;
                 for i in 0..nbk {
                     for c in 0..cog {
-                        let add = ba.map_or(<E::Acc as Real>::ZERO, |b| b[gi * cog + c]);
-                        let dst = &mut o[(i * p.c_out + gi * cog + c) * pix..][..pix];
+                        let add = match ba {
+                            Some(b) if !bias_first => b[gi * cog + c],
+                            _ => <E::Acc as Real>::ZERO,
+                        };
                         let src = &y[c * ld + i * pix..][..pix];
-                        if relu {
-                            store_row_relu::<E>(dst, src, add);
-                        } else {
-                            store_row::<E>(dst, src, add);
+                        let at = i * p.c_out + gi * cog + c;
+                        match b.epi {
+                            Epilogue::None => store_row::<E>(&mut o[at * pix..][..pix], src, add),
+                            Epilogue::Relu => {
+                                store_row_relu::<E>(&mut o[at * pix..][..pix], src, add)
+                            }
+                            Epilogue::ReluPool2 => {
+                                store_row_relu::<E>(&mut plane, src, add);
+                                let (po, pi) = (at * pooled_plane, at * pooled_plane);
+                                max_pool2d::pool_plane_2x2(
+                                    &pool,
+                                    &plane,
+                                    &mut o[po..po + pooled_plane],
+                                    &mut ix[pi..pi + pooled_plane],
+                                );
+                            }
                         }
                     }
                 }
@@ -426,7 +538,7 @@ pub struct Conv2dGrads<'a, E> {
 }
 
 mod backward;
-pub use backward::conv2d_backward;
+pub use backward::{conv2d_backward, Upstream};
 
 #[cfg(test)]
 mod tests;

@@ -191,6 +191,17 @@ fn plane_general<E: Element>(p: &MaxPool2dParams, x: &[E], o: &mut [E], ix: &mut
     }
 }
 
+/// One plane of a 2x2, stride-2, unpadded pooling (`p.out` its output size, `p.w` its width),
+/// for the convolution's fused epilogue.
+pub(crate) fn pool_plane_2x2<E: Element>(
+    p: &MaxPool2dParams,
+    x: &[E],
+    o: &mut [E],
+    ix: &mut [i64],
+) {
+    plane_2x2(p, x, o, ix)
+}
+
 /// 2x2 windows, stride 2, no padding: every window lies inside the plane.
 #[inline(always)]
 fn plane_2x2<E: Element>(p: &MaxPool2dParams, x: &[E], o: &mut [E], ix: &mut [i64]) {

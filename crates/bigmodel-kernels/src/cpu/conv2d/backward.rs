@@ -13,7 +13,7 @@ use super::{
     PARTIAL_BYTES,
 };
 use crate::element::{Element, Real};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::any::TypeId;
 
@@ -44,13 +44,28 @@ struct Task<'a, E, A> {
     partial: &'a mut [A],
 }
 
-/// Fills the requested gradients of `conv2d_forward(p, input, weight, bias, relu, ..)` given
-/// `grad_out`; `relu_out` is that forward's output when it applied the ReLU (the gradient is
-/// masked by it on the way into the products), None when it did not.
+/// The gradient arriving at the forward's stored output, by [`Epilogue`](super::Epilogue).
+#[derive(Clone, Copy)]
+pub enum Upstream<'a, E> {
+    /// The gradient of the convolution's output.
+    Conv(&'a [E]),
+    /// The gradient of `relu(conv)`, and that output: the gradient passes where it is > 0 (or
+    /// NaN), as torch's `threshold_backward` lets it.
+    Relu { grad: &'a [E], out: &'a [E] },
+    /// The gradient of `max_pool2d(relu(conv), 2)`, that pooled output and its indices: each
+    /// pooled gradient goes to its window's index, where the pooled value is > 0 (or NaN).
+    ReluPool2 {
+        grad: &'a [E],
+        out: &'a [E],
+        indices: &'a [i64],
+    },
+}
+
+/// Fills the requested gradients of the forward (`conv2d_forward` or
+/// `conv2d_relu_pool2_forward`) given the gradient of what it stored (`up`).
 pub fn conv2d_backward<E: Element>(
     p: &Conv2dParams,
-    grad_out: &[E],
-    relu_out: Option<&[E]>,
+    up: Upstream<'_, E>,
     input: &[E],
     weight: &[E],
     grads: Conv2dGrads<'_, E>,
@@ -59,9 +74,18 @@ where
     E::Acc: Scratch,
 {
     p.validate()?;
-    check_len("grad_output", grad_out.len(), p.output_len())?;
-    if let Some(y) = relu_out {
-        check_len("relu output", y.len(), p.output_len())?;
+    let pooled_len = p.batch * p.c_out * (p.out[0] / 2) * (p.out[1] / 2);
+    match up {
+        Upstream::Conv(g) => check_len("grad_output", g.len(), p.output_len())?,
+        Upstream::Relu { grad, out } => {
+            check_len("grad_output", grad.len(), p.output_len())?;
+            check_len("relu output", out.len(), p.output_len())?;
+        }
+        Upstream::ReluPool2 { grad, out, indices } => {
+            check_len("grad_output", grad.len(), pooled_len)?;
+            check_len("pooled output", out.len(), pooled_len)?;
+            check_len("indices", indices.len(), pooled_len)?;
+        }
     }
     check_len("input", input.len(), p.input_len())?;
     check_len("weight", weight.len(), p.weight_len())?;
@@ -134,9 +158,9 @@ where
             });
         }
     }
-    tasks.into_par_iter().try_for_each(|t| {
-        backward_task(p, &plan, &idx, t, grad_out, relu_out, input, wa, wlen, blen)
-    })?;
+    tasks
+        .into_par_iter()
+        .try_for_each(|t| backward_task(p, &plan, &idx, t, up, input, wa, wlen, blen))?;
 
     // Sum the partials in task order, in parallel over chunks of the output.
     const CHUNK: usize = 4096;
@@ -178,8 +202,7 @@ fn backward_task<E: Element>(
     plan: &Plan,
     idx: &[usize],
     t: Task<'_, E, E::Acc>,
-    grad_out: &[E],
-    relu_out: Option<&[E]>,
+    up: Upstream<'_, E>,
     input: &[E],
     wa: &[E::Acc],
     wlen: usize,
@@ -220,26 +243,23 @@ where
             };
             gi_block.fill(zero);
             for gi in 0..p.groups {
-                let go = |i: usize, c: usize| {
-                    &grad_out[((i0 + i) * p.c_out + gi * cog + c) * pix..][..pix]
+                // The gradient of the group's convolution output as a cog x ld matrix: a view
+                // of grad_output for one f32/f64 image, else gathered (through the ReLU and the
+                // pooling, if the forward applied them).
+                let view = match up {
+                    Upstream::Conv(g) if nbk == 1 && native => {
+                        same(&g[((i0 * p.c_out) + gi * cog) * pix..][..cog * pix])
+                    }
+                    _ => None,
                 };
-                // grad_output of the group as a cog x ld matrix (through the ReLU, if any).
-                let d: &[E::Acc] = match (nbk == 1 && native && relu_out.is_none())
-                    .then(|| same(&grad_out[((i0 * p.c_out) + gi * cog) * pix..][..cog * pix]))
-                    .flatten()
-                {
+                let d: &[E::Acc] = match view {
                     Some(x) => x,
                     None => {
                         for i in 0..nbk {
                             for c in 0..cog {
+                                let plane = (i0 + i) * p.c_out + gi * cog + c;
                                 let dst = &mut dbuf[c * ld + i * pix..][..pix];
-                                match relu_out {
-                                    Some(y) => {
-                                        let at = ((i0 + i) * p.c_out + gi * cog + c) * pix;
-                                        load_row_relu::<E>(dst, go(i, c), &y[at..][..pix]);
-                                    }
-                                    None => load_row::<E>(dst, go(i, c)),
-                                }
+                                gather_row(p, up, plane, dst)?;
                             }
                         }
                         &dbuf[..cog * ld]
@@ -293,4 +313,46 @@ where
         }
         Ok(())
     })
+}
+
+/// Row `plane` (an (image, channel) plane of the convolution's output) of the gradient of the
+/// convolution's output, from what arrives at the forward's stored output.
+fn gather_row<E: Element>(
+    p: &Conv2dParams,
+    up: Upstream<'_, E>,
+    plane: usize,
+    dst: &mut [E::Acc],
+) -> Result<()> {
+    let pix = dst.len();
+    match up {
+        Upstream::Conv(g) => load_row::<E>(dst, &g[plane * pix..][..pix]),
+        Upstream::Relu { grad, out } => {
+            let at = plane * pix;
+            load_row_relu::<E>(dst, &grad[at..][..pix], &out[at..][..pix]);
+        }
+        Upstream::ReluPool2 { grad, out, indices } => {
+            let zero = <E::Acc as Real>::ZERO;
+            let n = (p.out[0] / 2) * (p.out[1] / 2);
+            let at = plane * n;
+            dst.fill(zero);
+            for ((g, y), &j) in grad[at..at + n]
+                .iter()
+                .zip(&out[at..at + n])
+                .zip(&indices[at..at + n])
+            {
+                let Some(d) = usize::try_from(j).ok().and_then(|j| dst.get_mut(j)) else {
+                    return Err(Error::Index(format!(
+                        "conv2d_relu_max_pool2d backward: index {j} is outside a plane of {pix} elements"
+                    )));
+                };
+                // The ReLU's mask at the window's maximum, which is the pooled value: the
+                // gradient passes unless that value is <= 0 (so a NaN lets it through).
+                let cut = y.load() <= zero;
+                if !cut {
+                    *d = *d + g.load();
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! conv2d against the definition, computed naively in f64.
 
 use super::*;
+use crate::cpu::max_pool2d::{self, MaxPool2dParams};
 use crate::isa::{self, Isa};
 use crate::pool;
 use half::bf16;
@@ -127,7 +128,7 @@ fn run<E: Element>(
             weight: Some(&mut gw),
             bias: Some(&mut gb),
         };
-        conv2d_backward(p, &gy, None, &x, &w, grads).unwrap();
+        conv2d_backward(p, Upstream::Conv(&gy), &x, &w, grads).unwrap();
     });
     close("output", &f(&y), &want[0], tol);
     close("grad_input", &f(&gx), &want[1], tol);
@@ -200,7 +201,7 @@ where
             .zip(&fused)
             .map(|(g, y)| if y.load() <= zero { E::store(zero) } else { *g })
             .collect();
-        let grads = |gy: &[E], relu_out: Option<&[E]>| {
+        let grads = |up: Upstream<'_, E>| {
             let (mut gx, mut gw, mut gb) = (
                 vec![conv(0.0); p.input_len()],
                 vec![conv(0.0); p.weight_len()],
@@ -211,18 +212,75 @@ where
                 weight: Some(&mut gw),
                 bias: Some(&mut gb),
             };
-            conv2d_backward(p, gy, relu_out, &x, &w, out).unwrap();
+            conv2d_backward(p, up, &x, &w, out).unwrap();
             [bits(&gx), bits(&gw), bits(&gb)]
         };
+        let relu_up = Upstream::Relu {
+            grad: &gy,
+            out: &fused,
+        };
         assert_eq!(
-            grads(&gy, Some(&fused)),
-            grads(&masked, None),
+            grads(relu_up),
+            grads(Upstream::Conv(&masked)),
             "backward {p:?}"
         );
+        // max_pool2d(relu(conv), 2) fused: the same pooled values and indices as pooling the
+        // fused ReLU output, and the gradients of pooling's backward followed by the ReLU's.
+        let mp = MaxPool2dParams {
+            planes: p.batch * p.c_out,
+            h: p.out[0],
+            w: p.out[1],
+            kernel: [2, 2],
+            stride: [2, 2],
+            pad: [0, 0],
+            dilation: [1, 1],
+            out: [p.out[0] / 2, p.out[1] / 2],
+        };
+        let n = mp.planes * mp.out[0] * mp.out[1];
+        let (mut want, mut want_ix) = (vec![conv(0.0); n], vec![0i64; n]);
+        max_pool2d::max_pool2d_forward(&mp, &fused, &mut want, &mut want_ix).unwrap();
+        let (mut got, mut got_ix) = (vec![conv(0.0); n], vec![-1i64; n]);
+        conv2d_relu_pool2_forward(p, &x, &w, Some(&b), &mut got, &mut got_ix).unwrap();
+        assert_eq!(bits(&got), bits(&want), "pooled forward {p:?}");
+        assert_eq!(got_ix, want_ix, "pooled indices {p:?}");
+        let gp = &gy[..n];
+        let mut unpooled = vec![conv(0.0); p.output_len()];
+        max_pool2d::max_pool2d_backward(&mp, gp, &got_ix, &mut unpooled).unwrap();
+        let pool_up = Upstream::ReluPool2 {
+            grad: gp,
+            out: &got,
+            indices: &got_ix,
+        };
+        let unfused_up = Upstream::Relu {
+            grad: &unpooled,
+            out: &fused,
+        };
+        assert_eq!(grads(pool_up), grads(unfused_up), "pooled backward {p:?}");
+        if n > 0 {
+            let mut bad = got_ix.clone();
+            bad[n - 1] = (p.out[0] * p.out[1]) as i64;
+            let up = Upstream::ReluPool2 {
+                grad: gp,
+                out: &got,
+                indices: &bad,
+            };
+            let none = Conv2dGrads {
+                input: None,
+                weight: Some(&mut vec![conv(0.0); p.weight_len()][..]),
+                bias: None,
+            };
+            assert!(
+                conv2d_backward(p, up, &x, &w, none).is_err(),
+                "a bad index is an error"
+            );
+        }
+        let short = Upstream::Relu {
+            grad: &gy,
+            out: &fused[1..],
+        };
         assert!(conv2d_backward(
             p,
-            &gy,
-            Some(&fused[1..]),
+            short,
             &x,
             &w,
             Conv2dGrads {
@@ -284,7 +342,14 @@ fn bad_shapes_are_errors_not_panics() {
         weight: None,
         bias: None,
     };
-    assert!(conv2d_backward(&p, &vec![0f32; p.output_len()], None, &x, &w, grads).is_err());
+    assert!(conv2d_backward(
+        &p,
+        Upstream::Conv(&vec![0f32; p.output_len()]),
+        &x,
+        &w,
+        grads
+    )
+    .is_err());
 }
 
 #[test]
@@ -298,7 +363,7 @@ fn empty_batch_gives_zero_grads() {
         weight: Some(&mut gw),
         bias: Some(&mut gb),
     };
-    conv2d_backward(&p, &[], None, &[], &w, grads).unwrap();
+    conv2d_backward(&p, Upstream::Conv(&[]), &[], &w, grads).unwrap();
     assert!(gw.iter().chain(&gb).all(|&v| v == 0.0));
     conv2d_forward(&p, &[], &w, None, false, &mut []).unwrap();
 }
@@ -340,7 +405,7 @@ fn timing_probe() {
                         weight: Some(&mut gw),
                         bias: Some(&mut gb),
                     };
-                    conv2d_backward(&p, &y, None, &x, &w, grads).unwrap()
+                    conv2d_backward(&p, Upstream::Conv(&y), &x, &w, grads).unwrap()
                 });
                 let bi = best(&mut || {
                     let grads = Conv2dGrads {
@@ -348,7 +413,7 @@ fn timing_probe() {
                         weight: None,
                         bias: None,
                     };
-                    conv2d_backward(&p, &y, None, &x, &w, grads).unwrap()
+                    conv2d_backward(&p, Upstream::Conv(&y), &x, &w, grads).unwrap()
                 });
                 let bwo = best(&mut || {
                     let grads = Conv2dGrads {
@@ -356,7 +421,7 @@ fn timing_probe() {
                         weight: Some(&mut gw),
                         bias: None,
                     };
-                    conv2d_backward(&p, &y, None, &x, &w, grads).unwrap()
+                    conv2d_backward(&p, Upstream::Conv(&y), &x, &w, grads).unwrap()
                 });
                 println!(
                     "{ci}->{co} {hw}x{hw} threads {threads}: fwd {f:.3} ms, bwd {bw:.3} ms \
