@@ -30,7 +30,7 @@ mod matmul;
 pub use im2col::{col2im, im2col, Geom};
 pub use matmul::{matmul, Mat, Scratch};
 
-use crate::cpu::max_pool2d::{self, MaxPool2dParams};
+use crate::cpu::max_pool2d;
 use crate::element::{Element, Real};
 use crate::error::{Error, Result};
 use gemm::Parallelism;
@@ -253,6 +253,35 @@ crate::dispatch_isa! {
     }
 }
 
+crate::dispatch_isa! {
+    fn relu_pool2<E: Element>(src: &[E::Acc], add: E::Acc, w: usize, o: &mut [E], ix: &mut [i64]) {
+        // One `h x w` plane of conv output (before the bias) into its 2x2, stride-2 max pooling
+        // of relu(conv + bias): each value is rounded to E first, as the stored activation
+        // would be, and windows keep their first strict maximum unless a NaN comes, exactly
+        // as `max_pool2d` does (`cpu::max_pool2d::take`).
+        let pw = w / 2;
+        if pw == 0 {
+            return;
+        }
+        let act = |x: E::Acc| E::store(relu(x + add)).load();
+        for (py, (orow, irow)) in o.chunks_exact_mut(pw).zip(ix.chunks_exact_mut(pw)).enumerate() {
+            let r0 = &src[2 * py * w..][..2 * pw];
+            let r1 = &src[(2 * py + 1) * w..][..2 * pw];
+            let base = 2 * py * w;
+            for (px, (ov, iv)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
+                let c = 2 * px;
+                let mut best = act(r0[c]);
+                let mut at = base + c;
+                max_pool2d::take(&mut best, &mut at, act(r0[c + 1]), base + c + 1);
+                max_pool2d::take(&mut best, &mut at, act(r1[c]), base + w + c);
+                max_pool2d::take(&mut best, &mut at, act(r1[c + 1]), base + w + c + 1);
+                *ov = E::store(best);
+                *iv = at as i64;
+            }
+        }
+    }
+}
+
 /// torch's ReLU: negatives to 0, while NaN and -0.0 pass unchanged (`clamp_min(x, 0)`).
 #[inline(always)]
 fn relu<A: Real>(v: A) -> A {
@@ -447,22 +476,7 @@ where
     let borrow_input = bias_first && p.pointwise();
     let col_len = if borrow_input { 0 } else { k * ld };
     let y_len = if direct { 0 } else { cog * ld };
-    // The pooled epilogue stores one ReLU plane here, in the element type, then pools it.
-    let mut plane = match b.epi {
-        Epilogue::ReluPool2 => vec![E::store(<E::Acc as Real>::ZERO); pix],
-        _ => Vec::new(),
-    };
-    let pool = MaxPool2dParams {
-        planes: 1,
-        h: p.out[0],
-        w: p.out[1],
-        kernel: [2, 2],
-        stride: [2, 2],
-        pad: [0, 0],
-        dilation: [1, 1],
-        out: [p.out[0] / 2, p.out[1] / 2],
-    };
-    let pooled_plane = pool.out[0] * pool.out[1];
+    let pooled = (p.out[0] / 2) * (p.out[1] / 2);
     E::Acc::with_scratch(col_len + y_len, |s| {
         let (col, y) = s.split_at_mut(col_len);
         for gi in 0..p.groups {
@@ -512,13 +526,13 @@ where
                                 store_row_relu::<E>(&mut o[at * pix..][..pix], src, add)
                             }
                             Epilogue::ReluPool2 => {
-                                store_row_relu::<E>(&mut plane, src, add);
-                                let (po, pi) = (at * pooled_plane, at * pooled_plane);
-                                max_pool2d::pool_plane_2x2(
-                                    &pool,
-                                    &plane,
-                                    &mut o[po..po + pooled_plane],
-                                    &mut ix[pi..pi + pooled_plane],
+                                let at = at * pooled;
+                                relu_pool2::<E>(
+                                    src,
+                                    add,
+                                    p.out[1],
+                                    &mut o[at..at + pooled],
+                                    &mut ix[at..at + pooled],
                                 );
                             }
                         }

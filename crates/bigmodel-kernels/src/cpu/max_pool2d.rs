@@ -162,7 +162,7 @@ crate::dispatch_isa! {
 /// Keeps `(v, i)` over `(best, at)` when torch would: a strictly larger value, or NaN.
 #[inline(always)]
 #[allow(clippy::eq_op)] // `v != v` is the NaN test `Real` offers without a branch.
-fn take<A: Real>(best: &mut A, at: &mut usize, v: A, i: usize) {
+pub(crate) fn take<A: Real>(best: &mut A, at: &mut usize, v: A, i: usize) {
     if v > *best || v != v {
         *best = v;
         *at = i;
@@ -189,17 +189,6 @@ fn plane_general<E: Element>(p: &MaxPool2dParams, x: &[E], o: &mut [E], ix: &mut
             ix[oy * ow + ox] = at as i64;
         }
     }
-}
-
-/// One plane of a 2x2, stride-2, unpadded pooling (`p.out` its output size, `p.w` its width),
-/// for the convolution's fused epilogue.
-pub(crate) fn pool_plane_2x2<E: Element>(
-    p: &MaxPool2dParams,
-    x: &[E],
-    o: &mut [E],
-    ix: &mut [i64],
-) {
-    plane_2x2(p, x, o, ix)
 }
 
 /// 2x2 windows, stride 2, no padding: every window lies inside the plane.
