@@ -165,3 +165,31 @@ def test_cnn_fusion_steps_aside_for_hooks():
     assert "ReluBackward0" in _grad_fns(y)
     if _layers.IMPLEMENTATIONS["Conv2d"] == "bigmodel_native":
         assert "_Conv2dReLUBackward" in _grad_fns(m(x))
+
+
+def test_cnn_fusion_steps_aside_for_backward_hooks_and_subclasses():
+    m = M.MnistCNN()
+    x = torch.rand(2, 1, 28, 28)
+    seen = []
+    handle = m.features[0].register_full_backward_hook(lambda mod, gin, gout: seen.append(gout[0].shape))
+    m(x).sum().backward()
+    handle.remove()
+    assert seen == [torch.Size([2, 32, 26, 26])]
+    calls = []
+    handle = torch.nn.modules.module.register_module_full_backward_hook(
+        lambda mod, gi, go: calls.append(type(mod))
+    )
+    try:
+        m(x).sum().backward()
+    finally:
+        handle.remove()
+    assert torch.nn.ReLU in calls
+    if _layers.IMPLEMENTATIONS["Conv2d"] == "bigmodel_native":
+
+        class Doubled(torch.nn.MaxPool2d):
+            def forward(self, input):  # noqa: ANN001, ANN202
+                return 2 * super().forward(input)
+
+        m.features[2] = Doubled(2)
+        y = m(x)
+        assert torch.equal(y, m.classifier(m.features(x)))

@@ -148,14 +148,15 @@ def test_pooled_opcheck_gradcheck_and_bad_indices() -> None:
     torch.library.opcheck(OPS.conv2d_relu_max_pool2d, (x, w, b, *conf))
     y, ix = OPS.conv2d_relu_max_pool2d(x.detach(), w.detach(), b.detach(), *conf)
     assert y.shape == ix.shape == (2, 4, 4, 4) and ix.dtype == torch.int64
+    assert torch.equal(ix == -1, y <= 0)  # -1: the ReLU stops that window's gradient
     args = (x.detach(), w.detach(), *conf, [True, True, True])
-    torch.library.opcheck(OPS.conv2d_relu_max_pool2d_backward, (torch.randn_like(y), y, ix, *args))
+    torch.library.opcheck(OPS.conv2d_relu_max_pool2d_backward, (torch.randn_like(y), ix, *args))
     bad = ix.clone()
     bad[0, 0, 0, 0] = 9 * 8  # past the 9x8 plane
     with pytest.raises(IndexError, match="outside a plane"):
-        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), y, bad, *args)
+        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), bad, *args)
     with pytest.raises(RuntimeError, match="indices"):
-        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), y, ix.int(), *args)
+        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), ix.int(), *args)
     x, w, b = _inputs((2, 4, 7, 6), (4, 2, 3, 2), torch.float64)
     fn = lambda x, w, b: conv2d_relu_max_pool2d(x, w, b, padding=1, groups=2)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, w, b))
@@ -163,3 +164,33 @@ def test_pooled_opcheck_gradcheck_and_bad_indices() -> None:
         conv2d_relu_max_pool2d(x.to("meta"), w.to("meta"))
     unbatched = conv2d_relu_max_pool2d(x[0], w, b, padding=1, groups=2)
     assert torch.equal(unbatched, fn(x, w, b)[0])
+
+
+def test_pooled_output_is_not_saved_so_in_place_changes_are_allowed() -> None:
+    # As with torch's max_pool2d (which saves its input and indices), changing the pooled output
+    # in place before the backward is fine: only the indices are kept.
+    x, w, b = _inputs((2, 3, 8, 8), (4, 3, 3, 3), torch.float64)
+    y = conv2d_relu_max_pool2d(x, w, b)
+    want = torch.autograd.grad(_unfused_pool(x, w, b).sum(), (x, w, b))
+    y.add_(1)
+    assert all(torch.equal(g, h) for g, h in zip(torch.autograd.grad(y.sum(), (x, w, b)), want, strict=True))
+
+
+def test_pooled_output_smaller_than_a_window_raises_torchs_error() -> None:
+    x, w, b = _inputs((1, 1, 3, 4), (2, 1, 3, 3), torch.float32)
+    with pytest.raises(RuntimeError, match="Output size is too small"):
+        F.max_pool2d(torch.relu(F.conv2d(x, w, b)), 2)
+    with pytest.raises(RuntimeError, match=r"Given input size: \(2x1x2\). Calculated output size: \(2x0x1\)"):
+        conv2d_relu_max_pool2d(x, w, b)
+
+
+def test_float16_keeps_torchs_negative_zero() -> None:
+    # A tiny negative result rounds to -0.0 in float16, which torch.relu keeps: round, then clamp.
+    x = torch.full((1, 1, 2, 2), 1e-4, dtype=torch.float16)
+    w = torch.full((1, 1, 1, 1), -1e-4, dtype=torch.float16)
+    want = torch.relu(conv2d(x, w))
+    assert torch.signbit(want).all()
+    assert torch.equal(torch.signbit(conv2d_relu(x, w)), torch.signbit(want))
+    x4 = torch.full((1, 1, 4, 4), 1e-4, dtype=torch.float16)
+    pooled = conv2d_relu_max_pool2d(x4, w)
+    assert torch.signbit(pooled).all() and torch.equal(pooled, max_pool2d(torch.relu(conv2d(x4, w)), 2))

@@ -233,9 +233,8 @@ where
 }
 
 /// Fills the gradients passed (None for those not wanted) of conv2d given `grad_output`; with
-/// `relu_output` (the output of a forward with `relu`), of relu(conv2d); with `relu_output`
-/// and `pool_indices` (a pooled forward's outputs, `grad_output` shaped like them), of
-/// max_pool2d(relu(conv2d), 2).
+/// `relu_output` (the output of a forward with `relu`), of relu(conv2d); with `pool_indices`
+/// (a pooled forward's indices, `grad_output` shaped like them), of max_pool2d(relu(conv2d), 2).
 #[pyfunction]
 #[pyo3(signature = (grad_output, input, weight, grad_input, grad_weight, grad_bias, *, input_shape, weight_shape, groups, stride, padding, dilation, out_hw, num_threads, relu_output=None, pool_indices=None))]
 #[allow(clippy::too_many_arguments)]
@@ -279,15 +278,14 @@ pub fn conv2d_backward(
     let reads = [t[0], t[1], t[2]].map(|i| i.unwrap_or(EMPTY));
     let writes = [t[3], t[4], t[5]];
     let relu_out = t[6];
-    let ix = match (pool_indices, relu_out) {
-        (Some(t), Some(_)) => Some(as_info(index_info(t, "conv2d")?)),
-        (Some(_), None) => {
-            return Err(PyRuntimeError::new_err(
-                "conv2d: pool_indices come with the pooled output (relu_output)",
-            ))
-        }
-        (None, _) => None,
-    };
+    let ix = pool_indices
+        .map(|t| index_info(t, "conv2d").map(as_info))
+        .transpose()?;
+    if ix.is_some() && relu_out.is_some() {
+        return Err(PyRuntimeError::new_err(
+            "conv2d: give pool_indices (a pooled forward) or relu_output (a ReLU forward), not both",
+        ));
+    }
     // Every written tensor must be distinct from every other tensor (fresh outputs from Python).
     for (i, a) in writes.iter().enumerate() {
         let Some(a) = a.filter(|a| a.numel > 0) else {
@@ -338,9 +336,8 @@ where
         let x = slice::<E>(x.ptr, x.numel, "input")?;
         let w = slice::<E>(w.ptr, w.numel, "weight")?;
         let up = match (relu_out, ix) {
-            (Some(y), Some(ix)) => Upstream::ReluPool2 {
+            (_, Some(ix)) => Upstream::ReluPool2 {
                 grad: gy,
-                out: slice::<E>(y.ptr, y.numel, "relu_output")?,
                 indices: slice::<i64>(ix.ptr, ix.numel, "pool_indices")?,
             },
             (Some(y), None) => Upstream::Relu {

@@ -61,18 +61,30 @@ IMPLEMENTATIONS["AdamW"] = "bigmodel_native"
 
 
 def _hooked(module: torch.nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+    """Whether a module has hooks that fusing would skip (forward or backward, pre or post)."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    )
 
 
 def _global_hooks() -> bool:
     from torch.nn.modules import module as nn_module
 
-    return bool(nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks)
+    return bool(
+        nn_module._global_forward_hooks
+        or nn_module._global_forward_pre_hooks
+        or nn_module._global_backward_hooks
+        or nn_module._global_backward_pre_hooks
+    )
 
 
 def _is_pool2(m: object) -> bool:
-    """A 2x2, stride-2, unpadded, floor-mode max pooling that returns no indices."""
-    if not isinstance(m, torch.nn.MaxPool2d) or _hooked(m):
+    """A 2x2, stride-2, unpadded, floor-mode max pooling that returns no indices (torch's module
+    or ours, not a subclass that might compute something else)."""
+    if type(m) not in (torch.nn.MaxPool2d, MaxPool2d) or _hooked(m):
         return False
     pair = torch.nn.modules.utils._pair
     return (
@@ -92,9 +104,10 @@ def run_sequential(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     full-size activation's extra passes over memory.
 
     The modules, their parameters and the ``state_dict`` stay exactly those of the plain stack.
-    Where fusing would change what a user observes, the stack runs module by module: forward
-    hooks on the container or on a fused module (they would not fire), global module hooks, a
-    ``padding_mode`` other than ``"zeros"``, a tensor not on the CPU.
+    Where fusing would change what a user observes, the stack runs module by module: hooks
+    (forward or backward) on the container or on a fused module, which would not fire, global
+    module hooks, subclasses of the fused modules, a ``padding_mode`` other than ``"zeros"``, a
+    tensor not on the CPU.
     """
     if conv2d_relu is None or _hooked(seq) or _global_hooks() or x.device.type != "cpu":
         return seq(x)
@@ -103,7 +116,7 @@ def run_sequential(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     while i < len(mods):
         conv, nxt, third = (mods[i : i + 3] + [None, None])[:3]
         fusable = (
-            isinstance(conv, Conv2d)
+            type(conv) is Conv2d  # ours exactly: a subclass may compute something else
             and Conv2d is not torch.nn.Conv2d
             and type(nxt) is torch.nn.ReLU
             and conv.padding_mode == "zeros"

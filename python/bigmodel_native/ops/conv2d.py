@@ -15,6 +15,10 @@ on ``conv2d``; its backward is once-differentiable: differentiating its gradient
 each output row is still in cache, and its backward masks the gradient on the way into the
 products, so neither direction makes a separate pass over the activation. Its ops are
 ``conv2d_relu`` and ``conv2d_relu_backward`` (which takes the forward's output for the mask).
+:func:`conv2d_relu_max_pool2d` adds a 2x2 max pooling in the same call: its op
+``conv2d_relu_max_pool2d`` returns the pooled output and the indices that route its gradient (a
+window maximum's flat position in the convolution's output plane, or -1 where the ReLU stops the
+gradient), which ``conv2d_relu_max_pool2d_backward`` takes.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ LIB.define(
     "int[2] dilation, int groups) -> (Tensor, Tensor)"
 )
 LIB.define(
-    "conv2d_relu_max_pool2d_backward(Tensor grad_output, Tensor output, Tensor indices, Tensor input, "
-    "Tensor weight, int[2] stride, int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
+    "conv2d_relu_max_pool2d_backward(Tensor grad_output, Tensor indices, Tensor input, Tensor weight, "
+    "int[2] stride, int[4] padding, int[2] dilation, int groups, bool[3] output_mask) "
     "-> (Tensor, Tensor, Tensor)"
 )
 
@@ -208,8 +212,19 @@ def _pooled_shape(input: Tensor, weight: Tensor, out_hw) -> tuple[int, int, int,
     return (input.shape[0], weight.shape[0], out_hw[0] // 2, out_hw[1] // 2)
 
 
+def _check_poolable(input: Tensor, weight: Tensor, out_hw) -> None:
+    """torch's max_pool2d error for a convolution output smaller than one 2x2 window."""
+    if out_hw[0] < 2 or out_hw[1] < 2:
+        c, (h, w) = weight.shape[0], out_hw
+        raise RuntimeError(
+            f"Given input size: ({c}x{h}x{w}). Calculated output size: ({c}x{h // 2}x{w // 2}). "
+            "Output size is too small"
+        )
+
+
 def _conv2d_relu_pool_cpu(input, weight, bias, stride, padding, dilation, groups) -> tuple[Tensor, Tensor]:
     out_hw = _check(input, weight, bias, stride, padding, dilation, groups)
+    _check_poolable(input, weight, out_hw)
     input, weight = input.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     shape = _pooled_shape(input, weight, out_hw)
@@ -223,7 +238,9 @@ def _conv2d_relu_pool_cpu(input, weight, bias, stride, padding, dilation, groups
 
 
 def _conv2d_relu_pool_fake(input, weight, bias, stride, padding, dilation, groups) -> tuple[Tensor, Tensor]:
-    shape = _pooled_shape(input, weight, _check(input, weight, bias, stride, padding, dilation, groups))
+    out_hw = _check(input, weight, bias, stride, padding, dilation, groups)
+    _check_poolable(input, weight, out_hw)
+    shape = _pooled_shape(input, weight, out_hw)
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
@@ -291,30 +308,31 @@ def _conv2d_relu_backward_fake(
 
 
 def _conv2d_relu_pool_backward_cpu(
-    grad_output, output, indices, input, weight, stride, padding, dilation, groups, output_mask
+    grad_output, indices, input, weight, stride, padding, dilation, groups, output_mask
 ):
     return _conv2d_backward_cpu(
-        grad_output, input, weight, stride, padding, dilation, groups, output_mask, output, indices
+        grad_output, input, weight, stride, padding, dilation, groups, output_mask, indices=indices
     )
 
 
 def _conv2d_relu_pool_backward_fake(
-    grad_output, output, indices, input, weight, stride, padding, dilation, groups, output_mask
+    grad_output, indices, input, weight, stride, padding, dilation, groups, output_mask
 ):
     return _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
 
 
 def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
     input, weight, bias, stride, padding, dilation, groups = inputs
-    if isinstance(output, tuple):  # pooled: the pooled output and its indices
+    if isinstance(output, tuple):  # pooled: the indices (with the ReLU's cuts) route the gradient
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(input, weight, *output)
+        ctx.save_for_backward(input, weight, output[1])
     elif relu:  # the output of a fused ReLU is its mask for the backward
         ctx.save_for_backward(input, weight, output)
     else:
         ctx.save_for_backward(input, weight)
     ctx.conf = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
+    ctx.pooled = isinstance(output, tuple)
 
 
 def _setup_relu_context(ctx, inputs, output) -> None:
@@ -326,9 +344,9 @@ def _backward(ctx, grad: Tensor, *_grad_indices: Tensor | None):
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
     with torch.no_grad():
-        if len(outputs) == 2:  # pooled output, indices
+        if ctx.pooled:  # outputs: the pooled forward's indices
             grads = torch.ops.bigmodel_native.conv2d_relu_max_pool2d_backward(
-                grad, *outputs, input, weight, *ctx.conf, mask
+                grad, outputs[0], input, weight, *ctx.conf, mask
             )
         elif outputs:
             grads = torch.ops.bigmodel_native.conv2d_relu_backward(
@@ -479,9 +497,10 @@ def conv2d_relu_max_pool2d(
 
     Each image's convolution output is activated and pooled (2x2 windows, stride 2, floor) while
     still in cache, so the full-size activation is never written, kept for the backward or read
-    again: the backward takes the pooled output and the pooling's indices and sends each pooled
-    gradient straight to its window's maximum. Values, gradients and their bits are those of
-    :func:`conv2d_relu` followed by max pooling. CPU tensors only."""
+    again: the backward keeps only the pooling's indices (-1 where the window's maximum is <= 0,
+    so the ReLU stops its gradient) and sends each pooled gradient straight to its window's
+    maximum. An output smaller than one window raises torch's max_pool2d error. Values, gradients
+    and their bits are those of :func:`conv2d_relu` followed by max pooling. CPU tensors only."""
     if input.device.type != "cpu":
         raise NotImplementedError(
             f"bigmodel_native.ops.conv2d_relu_max_pool2d runs on CPU tensors; got a tensor on {input.device} "

@@ -240,7 +240,7 @@ crate::dispatch_isa! {
 crate::dispatch_isa! {
     fn store_row_relu<E: Element>(dst: &mut [E], src: &[E::Acc], add: E::Acc) {
         for (d, s) in dst.iter_mut().zip(src) {
-            *d = E::store(relu(*s + add));
+            *d = relu_stored::<E>(*s + add);
         }
     }
 }
@@ -256,14 +256,17 @@ crate::dispatch_isa! {
 crate::dispatch_isa! {
     fn relu_pool2<E: Element>(src: &[E::Acc], add: E::Acc, w: usize, o: &mut [E], ix: &mut [i64]) {
         // One `h x w` plane of conv output (before the bias) into its 2x2, stride-2 max pooling
-        // of relu(conv + bias): each value is rounded to E first, as the stored activation
-        // would be, and windows keep their first strict maximum unless a NaN comes, exactly
-        // as `max_pool2d` does (`cpu::max_pool2d::take`).
+        // of relu(conv + bias): each value is the stored activation's (rounded to E, then the
+        // ReLU), and windows keep their first strict maximum unless a NaN comes, exactly as
+        // `max_pool2d` does (`cpu::max_pool2d::take`). The index is the maximum's flat position
+        // in the plane, or -1 where the ReLU cuts the gradient (a maximum <= 0): all the
+        // backward needs, so that it keeps no activation.
         let pw = w / 2;
         if pw == 0 {
             return;
         }
-        let act = |x: E::Acc| E::store(relu(x + add)).load();
+        let zero = <E::Acc as Real>::ZERO;
+        let act = |x: E::Acc| relu_stored::<E>(x + add).load();
         for (py, (orow, irow)) in o.chunks_exact_mut(pw).zip(ix.chunks_exact_mut(pw)).enumerate() {
             let r0 = &src[2 * py * w..][..2 * pw];
             let r1 = &src[(2 * py + 1) * w..][..2 * pw];
@@ -276,9 +279,21 @@ crate::dispatch_isa! {
                 max_pool2d::take(&mut best, &mut at, act(r1[c]), base + w + c);
                 max_pool2d::take(&mut best, &mut at, act(r1[c + 1]), base + w + c + 1);
                 *ov = E::store(best);
-                *iv = at as i64;
+                *iv = if best <= zero { CUT } else { at as i64 };
             }
         }
+    }
+}
+
+/// torch's ReLU of a value stored as E: rounded first (a tiny negative float16 result is -0.0,
+/// which the ReLU keeps), then clamped.
+#[inline(always)]
+fn relu_stored<E: Element>(v: E::Acc) -> E {
+    let e = E::store(v);
+    if e.load() < <E::Acc as Real>::ZERO {
+        E::store(<E::Acc as Real>::ZERO)
+    } else {
+        e
     }
 }
 
@@ -330,6 +345,9 @@ fn to_acc<E: Element>(x: &[E], buf: &mut Vec<E::Acc>) -> bool {
     true
 }
 
+/// The pooled forward's index for a window whose gradient the ReLU cuts (its maximum is <= 0).
+pub const CUT: i64 = -1;
+
 /// What the forward stores after the bias: the convolution, its ReLU, or the 2x2 max pooling
 /// (stride 2, floor) of its ReLU with the pooling's indices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,8 +376,9 @@ where
 }
 
 /// `max_pool2d(relu(conv2d(input, weight) + bias), 2)` into `pooled` and `indices` (each
-/// `N x C_out x (OH / 2) x (OW / 2)`, the indices flat positions in their `OH x OW` plane, as
-/// torch's `max_pool2d_with_indices` reports them): the convolution's output never leaves the
+/// `N x C_out x (OH / 2) x (OW / 2)`; an index is the flat position of its window's maximum in
+/// the `OH x OW` plane, as torch's `max_pool2d_with_indices` reports it, or [`CUT`] where that
+/// maximum is <= 0 and the ReLU stops the gradient): the convolution's output never leaves the
 /// cache, and the pooling sees exactly the values (rounded to the element type) that
 /// [`conv2d_forward`] with `relu` would have stored.
 pub fn conv2d_relu_pool2_forward<E: Element>(

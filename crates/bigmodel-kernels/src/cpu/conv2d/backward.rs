@@ -52,13 +52,10 @@ pub enum Upstream<'a, E> {
     /// The gradient of `relu(conv)`, and that output: the gradient passes where it is > 0 (or
     /// NaN), as torch's `threshold_backward` lets it.
     Relu { grad: &'a [E], out: &'a [E] },
-    /// The gradient of `max_pool2d(relu(conv), 2)`, that pooled output and its indices: each
-    /// pooled gradient goes to its window's index, where the pooled value is > 0 (or NaN).
-    ReluPool2 {
-        grad: &'a [E],
-        out: &'a [E],
-        indices: &'a [i64],
-    },
+    /// The gradient of `max_pool2d(relu(conv), 2)` and the pooled forward's indices: each
+    /// pooled gradient goes to its window's index, or nowhere where the index is
+    /// [`CUT`](super::CUT).
+    ReluPool2 { grad: &'a [E], indices: &'a [i64] },
 }
 
 /// Fills the requested gradients of the forward (`conv2d_forward` or
@@ -81,9 +78,8 @@ where
             check_len("grad_output", grad.len(), p.output_len())?;
             check_len("relu output", out.len(), p.output_len())?;
         }
-        Upstream::ReluPool2 { grad, out, indices } => {
+        Upstream::ReluPool2 { grad, indices } => {
             check_len("grad_output", grad.len(), pooled_len)?;
-            check_len("pooled output", out.len(), pooled_len)?;
             check_len("indices", indices.len(), pooled_len)?;
         }
     }
@@ -330,27 +326,20 @@ fn gather_row<E: Element>(
             let at = plane * pix;
             load_row_relu::<E>(dst, &grad[at..][..pix], &out[at..][..pix]);
         }
-        Upstream::ReluPool2 { grad, out, indices } => {
-            let zero = <E::Acc as Real>::ZERO;
+        Upstream::ReluPool2 { grad, indices } => {
             let n = (p.out[0] / 2) * (p.out[1] / 2);
             let at = plane * n;
-            dst.fill(zero);
-            for ((g, y), &j) in grad[at..at + n]
-                .iter()
-                .zip(&out[at..at + n])
-                .zip(&indices[at..at + n])
-            {
+            dst.fill(<E::Acc as Real>::ZERO);
+            for (g, &j) in grad[at..at + n].iter().zip(&indices[at..at + n]) {
+                if j == super::CUT {
+                    continue; // the ReLU stopped this gradient
+                }
                 let Some(d) = usize::try_from(j).ok().and_then(|j| dst.get_mut(j)) else {
                     return Err(Error::Index(format!(
                         "conv2d_relu_max_pool2d backward: index {j} is outside a plane of {pix} elements"
                     )));
                 };
-                // The ReLU's mask at the window's maximum, which is the pooled value: the
-                // gradient passes unless that value is <= 0 (so a NaN lets it through).
-                let cut = y.load() <= zero;
-                if !cut {
-                    *d = *d + g.load();
-                }
+                *d = *d + g.load();
             }
         }
     }
