@@ -30,7 +30,6 @@ mod matmul;
 pub use im2col::{col2im, im2col, Geom};
 pub use matmul::{matmul, Mat, Scratch};
 
-use crate::cpu::max_pool2d;
 use crate::element::{Element, Real};
 use crate::error::{Error, Result};
 use gemm::Parallelism;
@@ -267,19 +266,26 @@ crate::dispatch_isa! {
         }
         let zero = <E::Acc as Real>::ZERO;
         let act = |x: E::Acc| relu_stored::<E>(x + add).load();
-        for (py, (orow, irow)) in o.chunks_exact_mut(pw).zip(ix.chunks_exact_mut(pw)).enumerate() {
-            let r0 = &src[2 * py * w..][..2 * pw];
-            let r1 = &src[(2 * py + 1) * w..][..2 * pw];
-            let base = 2 * py * w;
-            for (px, (ov, iv)) in orow.iter_mut().zip(irow.iter_mut()).enumerate() {
-                let c = 2 * px;
-                let mut best = act(r0[c]);
-                let mut at = base + c;
-                max_pool2d::take(&mut best, &mut at, act(r0[c + 1]), base + c + 1);
-                max_pool2d::take(&mut best, &mut at, act(r1[c]), base + w + c);
-                max_pool2d::take(&mut best, &mut at, act(r1[c + 1]), base + w + c + 1);
+        let wide = w as i64;
+        let rows = o.chunks_exact_mut(pw).zip(ix.chunks_exact_mut(pw));
+        for (py, (orow, irow)) in rows.enumerate() {
+            let r0 = src[2 * py * w..][..2 * pw].chunks_exact(2);
+            let r1 = src[(2 * py + 1) * w..][..2 * pw].chunks_exact(2);
+            let base = (2 * py * w) as i64;
+            // `take`'s rule as selects, without branches.
+            let windows = orow.iter_mut().zip(irow.iter_mut()).zip(r0).zip(r1);
+            for (px, (((ov, iv), top), bottom)) in windows.enumerate() {
+                let mut best = act(top[0]);
+                let mut off = 0;
+                let rest = [(act(top[1]), 1), (act(bottom[0]), wide), (act(bottom[1]), wide + 1)];
+                for (v, at) in rest {
+                    #[allow(clippy::eq_op)] // `v != v`: NaN wins, as in `max_pool2d::take`
+                    let take = v > best || v != v;
+                    best = if take { v } else { best };
+                    off = if take { at } else { off };
+                }
                 *ov = E::store(best);
-                *iv = if best <= zero { CUT } else { at as i64 };
+                *iv = if best <= zero { CUT } else { base + 2 * px as i64 + off };
             }
         }
     }

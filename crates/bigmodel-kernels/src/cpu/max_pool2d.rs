@@ -162,7 +162,7 @@ crate::dispatch_isa! {
 /// Keeps `(v, i)` over `(best, at)` when torch would: a strictly larger value, or NaN.
 #[inline(always)]
 #[allow(clippy::eq_op)] // `v != v` is the NaN test `Real` offers without a branch.
-pub(crate) fn take<A: Real>(best: &mut A, at: &mut usize, v: A, i: usize) {
+fn take<A: Real>(best: &mut A, at: &mut usize, v: A, i: usize) {
     if v > *best || v != v {
         *best = v;
         *at = i;
