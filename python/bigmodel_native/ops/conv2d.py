@@ -23,7 +23,7 @@ gradient), which ``conv2d_relu_max_pool2d_backward`` takes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -386,46 +386,28 @@ torch.library.register_autograd(
 )
 
 
-class _Conv2d(torch.autograd.Function):
-    """The op's autograd, entered directly in plain eager mode on CPU tensors.
+def _eager_function(name: str, kernel: Callable, setup: Callable) -> type[torch.autograd.Function]:
+    """An op's autograd, entered directly in plain eager mode on CPU tensors.
 
     torch.library's generic autograd wrapper costs tens of microseconds per call, more than a
-    small convolution; this Function runs the same CPU implementation and context logic. It is
-    used only where :func:`~._eager.skips_dispatcher` holds; the registered op serves every other
-    mode (torch.compile, fake tensors, functorch, subclasses, CUDA).
+    small convolution; this Function runs the same CPU implementation (``kernel``) and context
+    logic (``setup``). It is used only where :func:`~._eager.skips_dispatcher` holds; the
+    registered op serves every other mode (torch.compile, fake tensors, functorch, subclasses,
+    CUDA). ``name`` names it (and its backward node, ``<name>Backward``).
     """
 
-    @staticmethod
-    def forward(ctx, *args: object) -> Tensor:
-        out = _conv2d_cpu(*args)
-        _setup_context(ctx, args, out)
+    def forward(ctx, *args: object) -> object:
+        out = kernel(*args)
+        setup(ctx, args, out)
         return out
 
-    backward = staticmethod(_backward)
+    body = {"forward": staticmethod(forward), "backward": staticmethod(_backward), "__doc__": f"``{name}``"}
+    return type(name, (torch.autograd.Function,), body)
 
 
-class _Conv2dReLU(torch.autograd.Function):
-    """:class:`_Conv2d` for ``conv2d_relu``."""
-
-    @staticmethod
-    def forward(ctx, *args: object) -> Tensor:
-        out = _conv2d_relu_cpu(*args)
-        _setup_relu_context(ctx, args, out)
-        return out
-
-    backward = staticmethod(_backward)
-
-
-class _Conv2dReLUPool(torch.autograd.Function):
-    """:class:`_Conv2d` for ``conv2d_relu_max_pool2d``."""
-
-    @staticmethod
-    def forward(ctx, *args: object) -> tuple[Tensor, Tensor]:
-        out = _conv2d_relu_pool_cpu(*args)
-        _setup_context(ctx, args, out)
-        return out
-
-    backward = staticmethod(_backward)
+_Conv2d = _eager_function("_Conv2d", _conv2d_cpu, _setup_context)
+_Conv2dReLU = _eager_function("_Conv2dReLU", _conv2d_relu_cpu, _setup_relu_context)
+_Conv2dReLUPool = _eager_function("_Conv2dReLUPool", _conv2d_relu_pool_cpu, _setup_context)
 
 
 #: epilogue -> (eager autograd Function, CPU kernel, registered op name)
