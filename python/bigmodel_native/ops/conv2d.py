@@ -458,11 +458,6 @@ def conv2d_relu(
     the same values and gradients, bit for bit, as :func:`conv2d` followed by ``torch.relu``,
     without the activation's two extra passes over memory. CPU tensors only (on CUDA, compose
     :func:`conv2d` with ``torch.relu``)."""
-    if input.device.type != "cpu":
-        raise NotImplementedError(
-            f"bigmodel_native.ops.conv2d_relu runs on CPU tensors; got a tensor on {input.device} "
-            "(use bigmodel_native.ops.conv2d followed by torch.relu)"
-        )
     return _conv(input, weight, bias, stride, padding, dilation, groups, "relu")
 
 
@@ -483,15 +478,15 @@ def conv2d_relu_max_pool2d(
     so the ReLU stops its gradient) and sends each pooled gradient straight to its window's
     maximum. An output smaller than one window raises torch's max_pool2d error. Values, gradients
     and their bits are those of :func:`conv2d_relu` followed by max pooling. CPU tensors only."""
-    if input.device.type != "cpu":
-        raise NotImplementedError(
-            f"bigmodel_native.ops.conv2d_relu_max_pool2d runs on CPU tensors; got a tensor on {input.device} "
-            "(use bigmodel_native.ops.conv2d, torch.relu and max_pool2d)"
-        )
     return _conv(input, weight, bias, stride, padding, dilation, groups, "relu_pool")
 
 
 def _conv(input, weight, bias, stride, padding, dilation, groups, epilogue: str) -> Tensor:
+    if epilogue and input.device.type != "cpu":  # the fused ops have CPU kernels only
+        raise NotImplementedError(
+            f"bigmodel_native.ops.{_EPILOGUES[epilogue][2]} runs on CPU tensors; got a tensor on "
+            f"{input.device} (use bigmodel_native.ops.conv2d, then torch.relu and max_pool2d)"
+        )
     if input.dim() not in (3, 4):
         raise RuntimeError(
             "Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
