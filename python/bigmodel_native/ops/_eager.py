@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -32,3 +34,24 @@ def skips_dispatcher(*tensors: Tensor | None) -> bool:
 def plain_eager() -> bool:
     """Plain eager mode: not compiling, no dispatch mode, no functorch transform."""
     return not (_compiling() or _dispatch_modes() > 0 or _functorch_active())
+
+
+def eager_function(
+    name: str, kernel: Callable, setup_context: Callable, backward: Callable
+) -> type[torch.autograd.Function]:
+    """An op's autograd, entered directly in plain eager mode on CPU tensors.
+
+    torch.library's generic autograd wrapper costs tens of microseconds per call, more than a
+    small convolution or pooling; this Function runs the op's CPU implementation (``kernel``),
+    context logic and backward as registered. Callers use it only where
+    :func:`skips_dispatcher` holds; the registered op serves every other mode (torch.compile,
+    fake tensors, functorch, subclasses, CUDA). ``name`` names it (its node is ``<name>Backward``).
+    """
+
+    def forward(ctx, *args: object) -> object:
+        out = kernel(*args)
+        setup_context(ctx, args, out)
+        return out
+
+    body = {"forward": staticmethod(forward), "backward": staticmethod(backward), "__doc__": f"``{name}``"}
+    return type(name, (torch.autograd.Function,), body)

@@ -23,7 +23,7 @@ gradient), which ``conv2d_relu_max_pool2d_backward`` takes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -31,7 +31,7 @@ from torch._C import _functions
 
 from .. import _native
 from .._threads import get_num_threads
-from ._eager import skips_dispatcher
+from ._eager import eager_function, skips_dispatcher
 from ._library import LIB
 
 _NAME = "bigmodel_native::conv2d"
@@ -386,28 +386,9 @@ torch.library.register_autograd(
 )
 
 
-def _eager_function(name: str, kernel: Callable, setup: Callable) -> type[torch.autograd.Function]:
-    """An op's autograd, entered directly in plain eager mode on CPU tensors.
-
-    torch.library's generic autograd wrapper costs tens of microseconds per call, more than a
-    small convolution; this Function runs the same CPU implementation (``kernel``) and context
-    logic (``setup``). It is used only where :func:`~._eager.skips_dispatcher` holds; the
-    registered op serves every other mode (torch.compile, fake tensors, functorch, subclasses,
-    CUDA). ``name`` names it (and its backward node, ``<name>Backward``).
-    """
-
-    def forward(ctx, *args: object) -> object:
-        out = kernel(*args)
-        setup(ctx, args, out)
-        return out
-
-    body = {"forward": staticmethod(forward), "backward": staticmethod(_backward), "__doc__": f"``{name}``"}
-    return type(name, (torch.autograd.Function,), body)
-
-
-_Conv2d = _eager_function("_Conv2d", _conv2d_cpu, _setup_context)
-_Conv2dReLU = _eager_function("_Conv2dReLU", _conv2d_relu_cpu, _setup_relu_context)
-_Conv2dReLUPool = _eager_function("_Conv2dReLUPool", _conv2d_relu_pool_cpu, _setup_context)
+_Conv2d = eager_function("_Conv2d", _conv2d_cpu, _setup_context, _backward)
+_Conv2dReLU = eager_function("_Conv2dReLU", _conv2d_relu_cpu, _setup_relu_context, _backward)
+_Conv2dReLUPool = eager_function("_Conv2dReLUPool", _conv2d_relu_pool_cpu, _setup_context, _backward)
 
 
 #: epilogue -> (eager autograd Function, CPU kernel, registered op name)

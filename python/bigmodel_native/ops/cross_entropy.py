@@ -183,9 +183,8 @@ def _native_forward(
     scratch); ``target`` is int64 indices or probabilities. Arguments go by position: at
     (64, 10) building keyword arguments costs a tenth of the whole call."""
     outer, classes, inner = _layout(input)
-    weight = None if weight is None else weight.contiguous()
     _native.cross_entropy_forward(
-        input.contiguous(), target.contiguous(), weight, loss, *stats,
+        input.contiguous(), target.contiguous(), _opt(weight), loss, *stats,
         outer, classes, inner, reduction, ignore_index, label_smoothing, get_num_threads(), grad_input,
     )  # fmt: skip
 
@@ -205,10 +204,9 @@ def _loss_cpu(
         return _forward_cpu(input, target, weight, reduction, ignore_index, label_smoothing)[0]
     if target.dtype is not torch.int64 and not target.is_floating_point():
         target = target.long()
-    if reduction != 0 or input.dim() == 1:
-        loss = torch.empty_like(_SCALARS[input.dtype])  # faster than parsing a shape
-    else:
-        loss = input.new_empty(_loss_shape(input, target, reduction))
+    shape = _loss_shape(input, target, reduction)
+    # A reduced loss comes from a 0-dim template: faster than parsing a shape.
+    loss = input.new_empty(shape) if shape else torch.empty_like(_SCALARS[input.dtype])
     _native_forward(
         input, target, weight, reduction, ignore_index, label_smoothing, loss, _NO_STATS, grad_input
     )

@@ -25,7 +25,7 @@ from torch._C import _functions
 
 from .. import _native
 from .._threads import get_num_threads
-from ._eager import skips_dispatcher
+from ._eager import eager_function, skips_dispatcher
 from ._library import LIB
 
 _DOUBLE_BACKWARD = (
@@ -201,17 +201,7 @@ torch.library.register_autograd(
 )
 
 
-class _MaxPool2d(torch.autograd.Function):
-    """The op's autograd, entered directly in plain eager mode on CPU tensors (torch.library's
-    generic wrapper costs more than a small pooling); the registered op serves every other mode."""
-
-    @staticmethod
-    def forward(ctx, *args: object) -> tuple[Tensor, Tensor]:
-        out = _max_pool2d_cpu(*args)
-        _setup_context(ctx, args, out)
-        return out
-
-    backward = staticmethod(_backward)
+_MaxPool2d = eager_function("_MaxPool2d", _max_pool2d_cpu, _setup_context, _backward)
 
 
 def _call(input: Tensor, *conf: object) -> tuple[Tensor, Tensor]:
