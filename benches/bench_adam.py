@@ -14,7 +14,9 @@ from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, t
 
 #: case prefix -> (baseline, floor on baseline_time / our_time)
 FLOORS = {
-    "a:": [("torch_forloop", 2.0), ("torch_fused", 0.6)],
+    # Measured 2.4-2.8x on the AVX-512 EPYC, once 1.98x on a noisy run; losing the parallel path
+    # halves it, to about 1.3x.
+    "a:": [("torch_forloop", 1.6), ("torch_fused", 0.6)],
     "b:": [("torch_forloop", 2.5), ("torch_fused", 0.8)],
     "c:": [("torch_forloop", 1.5), ("torch_fused", 0.6)],
 }
