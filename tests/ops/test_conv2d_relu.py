@@ -60,13 +60,14 @@ def test_matches_torch(row) -> None:
 
 
 def test_relu_edge_cases_are_torchs() -> None:
-    # A 1x1 identity convolution puts chosen values through the ReLU: -0.0 and NaN pass as in
-    # torch.relu, and the gradient is zero exactly where threshold_backward makes it zero.
+    # A 1x1 identity convolution puts chosen values through the ReLU: signs of zeros and NaN come
+    # out as from torch.relu(F.conv2d(...)) (the product turns -0.0 into +0.0, in torch too), and
+    # the gradient is zero exactly where threshold_backward makes it zero.
     v = torch.tensor([-0.0, 0.0, float("nan"), -1.0, 2.0, float("inf"), -float("inf"), 1e-30])
     x = v.reshape(1, 1, 1, -1).clone().requires_grad_()
     w = torch.ones(1, 1, 1, 1)
     y = conv2d_relu(x, w)
-    want = torch.relu(x.detach())
+    want = torch.relu(F.conv2d(x.detach(), w))
     assert torch.equal(torch.signbit(y), torch.signbit(want))
     torch.testing.assert_close(y.detach(), want, equal_nan=True)
     (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))

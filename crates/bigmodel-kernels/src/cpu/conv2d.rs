@@ -32,7 +32,7 @@ pub use matmul::{matmul, Mat, Scratch};
 
 use crate::element::{Element, Real};
 use crate::error::{Error, Result};
-use gemm::Parallelism;
+use faer::Par;
 use rayon::prelude::*;
 use std::any::TypeId;
 
@@ -175,7 +175,7 @@ impl Conv2dParams {
 pub struct Plan {
     pub nb: usize,
     pub blocks: usize,
-    pub inner: Parallelism,
+    pub inner: Par,
 }
 
 impl Plan {
@@ -200,9 +200,9 @@ impl Plan {
             blocks = batch.div_ceil(nb);
         }
         let inner = if blocks >= threads || threads == 1 {
-            Parallelism::None
+            Par::Seq
         } else {
-            Parallelism::Rayon(threads)
+            Par::rayon(threads)
         };
         Plan { nb, blocks, inner }
     }

@@ -198,18 +198,18 @@ dispatch_isa! {
             for c in &mut chunks {
                 for (x, acc) in c.iter_mut().zip(sum.iter_mut()) {
                     *x = R::exp2(*x - m_new);
-                    *acc = *acc + *x;
+                    *acc += *x;
                 }
             }
             let mut tail = R::ZERO;
             for x in chunks.into_remainder() {
                 *x = R::exp2(*x - m_new);
-                tail = tail + *x;
+                tail += *x;
             }
             l[r] = l[r] * alpha + sum.iter().fold(tail, |a, &b| a + b);
             m[r] = m_new;
             if alpha != R::ONE {
-                o[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x = *x * alpha);
+                o[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= alpha);
             }
         }
     }

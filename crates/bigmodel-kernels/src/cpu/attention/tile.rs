@@ -7,64 +7,20 @@
 //! task per tile row.
 
 use crate::element::{Element, Real};
+use faer::traits::ComplexField;
+use faer::{Accum, MatMut, MatRef, Par};
 use half::{bf16, f16};
 
 /// log2(e): scores are kept in base 2 so that the softmax needs `exp2` only.
 pub const LOG2E: f64 = std::f64::consts::LOG2_E;
 
 /// The arithmetic types of the kernel: f32 and f64, with the `exp2` the softmax uses.
-pub trait Acc: Real + Default {
+pub trait Acc: Real + ComplexField + Default {
     const NEG_INF: Self;
     /// 2^x; 0 for -inf, NaN for NaN.
     fn exp2(x: Self) -> Self;
     fn log2(x: Self) -> Self;
     fn is_neg_inf(self) -> bool;
-    /// The `gemm` crate's product: `dst = (acc ? dst : 0) + beta * lhs * rhs`.
-    ///
-    /// # Safety
-    /// Every element addressed through the pointers and strides must lie inside its buffer; the
-    /// safe wrapper [`matmul`] checks that.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_raw(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: *mut Self,
-        dst_rs: isize,
-        acc: bool,
-        lhs: *const Self,
-        lhs_rs: isize,
-        lhs_cs: isize,
-        rhs: *const Self,
-        rhs_rs: isize,
-        rhs_cs: isize,
-        beta: Self,
-    ) {
-        // SAFETY: forwarded precondition; unit column stride on dst, the layout of every tile.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                dst,
-                1,
-                dst_rs,
-                acc,
-                lhs,
-                lhs_cs,
-                lhs_rs,
-                rhs,
-                rhs_cs,
-                rhs_rs,
-                Self::ONE,
-                beta,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            )
-        }
-    }
 }
 
 impl Acc for f32 {
@@ -200,25 +156,18 @@ pub fn matmul<R: Acc>(
     assert!(n <= dst_rs && last(m, dst_rs, n, 1) < dst.len());
     assert!(last(m, lhs_rs, k, lhs_cs) < lhs.len());
     assert!(last(k, rhs_rs, n, rhs_cs) < rhs.len());
-    // SAFETY: the asserts above keep every addressed element inside its slice; `dst` is a unique
-    // borrow, so the product writes memory nothing else reads.
-    unsafe {
-        R::gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_rs as isize,
-            acc,
-            lhs.as_ptr(),
-            lhs_rs as isize,
-            lhs_cs as isize,
-            rhs.as_ptr(),
-            rhs_rs as isize,
-            rhs_cs as isize,
-            beta,
+    // SAFETY: the asserts above keep every addressed element inside its slice (strides are
+    // slice offsets, so they fit in isize); `dst` is a unique borrow, so the product writes memory
+    // nothing else reads, and the views live only for this call.
+    let (dst, lhs, rhs) = unsafe {
+        (
+            MatMut::from_raw_parts_mut(dst.as_mut_ptr(), m, n, dst_rs as isize, 1),
+            MatRef::from_raw_parts(lhs.as_ptr(), m, k, lhs_rs as isize, lhs_cs as isize),
+            MatRef::from_raw_parts(rhs.as_ptr(), k, n, rhs_rs as isize, rhs_cs as isize),
         )
-    }
+    };
+    let acc = if acc { Accum::Add } else { Accum::Replace };
+    faer::linalg::matmul::matmul(dst, acc, lhs, rhs, beta, Par::Seq);
 }
 
 /// The broadcast mask of one (batch, head): rows of `dims[3]` entries (1 or the key length),
@@ -278,11 +227,11 @@ pub fn fix_scores<R: Acc>(s: &mut [R], rs: usize, br: usize, bc: usize, fix: &Ti
                 let mr = if rows == 1 { 0 } else { qi };
                 if cols == 1 {
                     let a = data[mr] * fix.mask_scale;
-                    row.iter_mut().for_each(|x| *x = *x + a);
+                    row.iter_mut().for_each(|x| *x += a);
                 } else {
                     let m = &data[mr * cols + fix.col0..mr * cols + fix.col0 + bc];
                     for (x, &a) in row.iter_mut().zip(m) {
-                        *x = *x + a * fix.mask_scale;
+                        *x += a * fix.mask_scale;
                     }
                 }
             }
@@ -412,39 +361,6 @@ mod gemm_speed {
             let s = t0.elapsed().as_secs_f64();
             println!(
                 "{m}x{n}x{k}: {:.1} GFLOP/s",
-                2.0 * (m * n * k * reps) as f64 / s / 1e9
-            );
-            // Column-major destination (S^T row-major).
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                // SAFETY: all strides stay inside the buffers sized above.
-                unsafe {
-                    gemm::gemm(
-                        m,
-                        n,
-                        k,
-                        c.as_mut_ptr(),
-                        m as isize,
-                        1,
-                        false,
-                        a.as_ptr(),
-                        1,
-                        k as isize,
-                        b.as_ptr(),
-                        rhs_st.1 as isize,
-                        rhs_st.0 as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
-                }
-            }
-            let s = t0.elapsed().as_secs_f64();
-            println!(
-                "  col-major dst: {:.1} GFLOP/s",
                 2.0 * (m * n * k * reps) as f64 / s / 1e9
             );
         }

@@ -166,7 +166,7 @@ where
                 let idx = off + ci * CHUNK + j;
                 let mut acc = zero;
                 for t in 0..ntasks {
-                    acc = acc + partials[t * plen + idx];
+                    acc += partials[t * plen + idx];
                 }
                 *v = E::store(acc);
             }
@@ -180,7 +180,7 @@ where
             for (r, v) in row.iter_mut().enumerate() {
                 let mut acc = zero;
                 for t in 0..ntasks {
-                    acc = acc + partials[t * plen + base + r * cog];
+                    acc += partials[t * plen + base + r * cog];
                 }
                 *v = E::store(acc);
             }
@@ -265,7 +265,7 @@ where
                 if blen > 0 {
                     for c in 0..cog {
                         let s = row_sum::<E::Acc>(&d[c * ld..c * ld + ld]);
-                        pb[gi * cog + c] = pb[gi * cog + c] + s;
+                        pb[gi * cog + c] += s;
                     }
                 }
                 let slab = |i: usize| &input[(i0 + i) * img + gi * g.slab()..][..g.slab()];

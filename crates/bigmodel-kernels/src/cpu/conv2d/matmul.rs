@@ -1,13 +1,14 @@
-//! A bounds-checked face of the `gemm` crate, and the per-thread scratch buffers.
+//! A bounds-checked face of faer's matmul, and the per-thread scratch buffers.
 //!
-//! `gemm::gemm` takes raw pointers and strides; [`matmul`] takes slices with their shapes and
-//! strides, checks that every element the product touches lies inside them, and only then calls
-//! it. The scratch buffers live in thread-locals of the rayon workers, so a training loop that
+//! faer's strided views are built from raw pointers and strides; [`matmul`] takes slices with
+//! their shapes and strides, checks that every element the product touches lies inside them, and
+//! only then builds the views. The scratch buffers live in thread-locals of the rayon workers, so a training loop that
 //! calls the op thousands of times allocates them once per thread.
 
 use crate::element::Real;
 use crate::error::{Error, Result};
-use gemm::Parallelism;
+use faer::traits::ComplexField;
+use faer::{Accum, MatMut, MatRef, Par};
 use std::cell::RefCell;
 
 /// A read-only strided matrix view: element (i, j) is `data[i * rs + j * cs]`.
@@ -66,13 +67,13 @@ fn check(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize)
 
 /// `dst = lhs * rhs` (or `dst += lhs * rhs` with `accumulate`), `dst` row-major with leading
 /// dimension `ld`. Every view is checked against its slice before `gemm` sees a pointer.
-pub fn matmul<A: Real>(
+pub fn matmul<A: Real + ComplexField>(
     dst: &mut [A],
     ld: usize,
     accumulate: bool,
     lhs: Mat<'_, A>,
     rhs: Mat<'_, A>,
-    par: Parallelism,
+    par: Par,
 ) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     if rhs.rows != k {
@@ -97,36 +98,26 @@ pub fn matmul<A: Real>(
     }
     // SAFETY: the three views were checked above to lie inside their slices (every index
     // `(i, j) -> i * rs + j * cs` with i < rows, j < cols is below the slice length, and the
-    // strides fit in isize); `dst` is borrowed mutably, so it aliases neither operand; `A` is
-    // f32 or f64, both of which `gemm` implements (it dispatches on the type id).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            ld as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            A::ONE,
-            A::ONE,
-            false,
-            false,
-            false,
-            par,
-        );
-    }
+    // strides fit in isize); `dst` is borrowed mutably, so it aliases neither operand, and the
+    // views live only for this call.
+    let (dst, lhs, rhs) = unsafe {
+        (
+            MatMut::from_raw_parts_mut(dst.as_mut_ptr(), m, n, ld as isize, 1),
+            MatRef::from_raw_parts(lhs.data.as_ptr(), m, k, lhs.rs as isize, lhs.cs as isize),
+            MatRef::from_raw_parts(rhs.data.as_ptr(), k, n, rhs.rs as isize, rhs.cs as isize),
+        )
+    };
+    let beta = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer::linalg::matmul::matmul(dst, beta, lhs, rhs, A::ONE, par);
     Ok(())
 }
 
-/// Compute types with a per-thread scratch buffer.
-pub trait Scratch: Real + Default {
+/// Compute types of the conv kernels: faer multiplies them, and each has a per-thread scratch buffer.
+pub trait Scratch: Real + ComplexField + Default {
     /// Runs `f` on a buffer of at least `len` elements (contents unspecified), reusing this
     /// thread's buffer when it is free. A nested call on the same thread gets a fresh one.
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
@@ -169,7 +160,7 @@ mod tests {
         let mut c = vec![1.0; m * ld];
         let lhs = Mat::rows(&a, m, k, k);
         let rhs = Mat::transposed(&bt, k, n, k);
-        matmul(&mut c, ld, true, lhs, rhs, Parallelism::None).unwrap();
+        matmul(&mut c, ld, true, lhs, rhs, Par::Seq).unwrap();
         for i in 0..m {
             for j in 0..n {
                 let want: f64 = 1.0 + (0..k).map(|p| a[i * k + p] * bt[j * k + p]).sum::<f64>();
@@ -178,6 +169,6 @@ mod tests {
         }
         assert_eq!(c[n], 1.0, "padding columns are left alone");
         let short = Mat::rows(&a[..m * k - 1], m, k, k);
-        assert!(matmul(&mut c, ld, false, short, rhs, Parallelism::None).is_err());
+        assert!(matmul(&mut c, ld, false, short, rhs, Par::Seq).is_err());
     }
 }
