@@ -206,7 +206,7 @@ fn div_up(a: u64, b: u64) -> u64 {
 
 /// Checks shapes, options and mask, and builds the kernel parameter (pointers left 0).
 pub fn params(s: &Shape, o: &Options, mask: &Mask) -> Result<AttnParams> {
-    if s.heads_kv == 0 || s.heads_q % s.heads_kv != 0 {
+    if s.heads_kv == 0 || !s.heads_q.is_multiple_of(s.heads_kv) {
         return Err(Error::Value(format!(
             "Number of heads in key and value must divide the number of heads in query \
              (query heads {}, key/value heads {})",

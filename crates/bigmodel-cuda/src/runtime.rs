@@ -404,7 +404,7 @@ pub fn check_ptr(what: &str, ptr: u64, align: u64) -> Result<()> {
     if ptr == 0 {
         return Err(Error::Value(format!("{what}: null device pointer")));
     }
-    if ptr % align != 0 {
+    if !ptr.is_multiple_of(align) {
         return Err(Error::Value(format!(
             "{what}: device pointer {ptr:#x} is not aligned to {align} bytes"
         )));

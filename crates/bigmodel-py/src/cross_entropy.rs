@@ -169,7 +169,7 @@ unsafe fn view<'a, T>(b: Buf, what: &str) -> Result<&'a [T]> {
     if b.numel == 0 {
         return Ok(&[]);
     }
-    if b.ptr == 0 || b.ptr % std::mem::align_of::<T>() != 0 {
+    if b.ptr == 0 || !b.ptr.is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::Value(format!(
             "{what}: null or misaligned data pointer"
         )));

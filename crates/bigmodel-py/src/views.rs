@@ -23,7 +23,7 @@ pub unsafe fn slice_mut<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a
             "{what}: null data pointer for {len} elements"
         )));
     }
-    if ptr % std::mem::align_of::<T>() != 0 {
+    if !ptr.is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::Value(format!(
             "{what}: data pointer {ptr:#x} is not aligned to {} bytes",
             std::mem::align_of::<T>()
@@ -51,7 +51,7 @@ pub unsafe fn slice<'a, T>(ptr: usize, len: usize, what: &str) -> Result<&'a [T]
     if len == 0 {
         return Ok(&[]);
     }
-    if ptr == 0 || ptr % std::mem::align_of::<T>() != 0 {
+    if ptr == 0 || !ptr.is_multiple_of(std::mem::align_of::<T>()) {
         return Err(Error::Value(format!(
             "{what}: null or misaligned data pointer {ptr:#x}"
         )));

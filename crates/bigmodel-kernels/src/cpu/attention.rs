@@ -145,7 +145,7 @@ impl<R> Plan<'_, R> {
 
 fn plan<'a, R: Copy>(shape: &Shape, params: &Params, mask: Mask<'a, R>) -> Result<Plan<'a, R>> {
     let s = shape;
-    if s.heads_kv == 0 || s.heads_q % s.heads_kv != 0 {
+    if s.heads_kv == 0 || !s.heads_q.is_multiple_of(s.heads_kv) {
         return Err(Error::Shape(format!(
             "Number of heads in key and value must divide the number of heads in query \
              (query heads {}, key/value heads {})",

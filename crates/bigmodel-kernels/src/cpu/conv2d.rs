@@ -26,6 +26,7 @@
 
 mod im2col;
 mod matmul;
+mod tiny_plane;
 
 pub use im2col::{col2im, im2col, Geom};
 pub use matmul::{matmul, Mat, Scratch};
@@ -99,7 +100,7 @@ impl Conv2dParams {
                 self.kw
             )));
         }
-        if self.c_in % self.groups != 0 || self.c_out % self.groups != 0 {
+        if !self.c_in.is_multiple_of(self.groups) || !self.c_out.is_multiple_of(self.groups) {
             return Err(Error::Shape(format!(
                 "conv2d: {} input and {} output channels are not divisible by groups={}",
                 self.c_in, self.c_out, self.groups
@@ -194,7 +195,7 @@ impl Plan {
             .max(1);
         // Round the block count up to a multiple of the thread count so no thread idles at the end.
         let mut blocks = batch.div_ceil(nb);
-        if blocks > 1 && blocks % threads != 0 {
+        if blocks > 1 && !blocks.is_multiple_of(threads) {
             blocks = blocks.div_ceil(threads) * threads;
             nb = batch.div_ceil(blocks);
             blocks = batch.div_ceil(nb);
