@@ -5,7 +5,7 @@
 //! processed in tiles of query rows against tiles of keys with an online
 //! softmax ([`forward`]); the L x S score matrix never exists, and the forward saves only the
 //! per-row log-sum-exp, from which [`backward`] recomputes each probability tile. Causal tiles
-//! above the diagonal are skipped, not masked. Products go through the `gemm` crate, one
+//! above the diagonal are skipped, not masked. Products go through faer's matmul, one
 //! single-threaded call per tile, inside rayon tasks over (batch, head, query tile) forward and
 //! (batch, kv head, key chunk) backward; the softmax and fix-up loops are compiled per ISA
 //! ([`crate::isa`]). fp32 and fp64 compute natively, bf16 and fp16 in fp32 (tiles converted on load).

@@ -1,5 +1,5 @@
 //! 2-D convolution (torch's `conv2d`: NCHW, groups, stride, dilation, zero padding) forward and
-//! backward, by im2col and the `gemm` crate.
+//! backward, by im2col and faer's matmul.
 //!
 //! For image `b` and group `g`, with `K = cg * kh * kw` rows of the column matrix and `P = oh * ow`
 //! output pixels:

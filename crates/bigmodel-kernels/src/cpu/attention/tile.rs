@@ -3,7 +3,7 @@
 //!
 //! Everything here works on the arithmetic type (f32 for fp32/bf16, f64 for fp64). Row loops are
 //! plain Rust that LLVM vectorises inside the per-ISA wrappers of [`crate::dispatch_isa`]; the
-//! products go through the `gemm` crate single-threaded, since the caller already runs one rayon
+//! products go through faer's matmul single-threaded, since the caller already runs one rayon
 //! task per tile row.
 
 use crate::element::{Element, Real};

@@ -293,9 +293,9 @@ where
                             &col[..k * ld]
                         }
                     };
-                    // The partial is kept transposed (K x cog): `gemm` runs this product
-                    // 3-5x faster when the few-rows K side is the output's row index (measured
-                    // for K = 9 and 27, the first layers' sizes).
+                    // The partial is kept transposed (K x cog): with K as the output's row index
+                    // this product runs faster (single-threaded, faer: 68 against 54 GFLOP/s for
+                    // K = 9, 92 against 83 for K = 27, 112 against 104 for K = 288).
                     let dst = &mut pw[gi * cog * k..(gi + 1) * cog * k];
                     let rhs = Mat::transposed(d, ld, cog, ld);
                     matmul(dst, cog, true, Mat::rows(cols, k, ld, ld), rhs, plan.inner)?;

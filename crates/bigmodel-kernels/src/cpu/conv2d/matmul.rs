@@ -66,7 +66,7 @@ fn check(what: &str, len: usize, rows: usize, cols: usize, rs: usize, cs: usize)
 }
 
 /// `dst = lhs * rhs` (or `dst += lhs * rhs` with `accumulate`), `dst` row-major with leading
-/// dimension `ld`. Every view is checked against its slice before `gemm` sees a pointer.
+/// dimension `ld`. Every view is checked against its slice before faer sees a pointer.
 pub fn matmul<A: Real + ComplexField>(
     dst: &mut [A],
     ld: usize,
