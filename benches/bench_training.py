@@ -1,12 +1,15 @@
 """Training throughput gate: S3 (CNN) and the S6 char-LM on bigmodel_native vs plain torch.
 
 Targets: S3 >= 2x plain torch, char-LM >= 1.3x. With every kernel ours (conv2d, max-pooling,
-cross-entropy, Adam), S3 runs at about 1.3x plain torch on the quiet 2-core AMD EPYC (AVX2) and
-the char-LM at 1.3-1.4x (benches/results/train.json). Two changes lifted S3 from 0.6-0.7x: our
-max-pooling (torch's NCHW one costs as much as a convolution) and parking torch's OpenMP team
-during our calls (its workers otherwise spin on our cores for milliseconds after every torch op).
-The floors are regression gates well under those ratios (losing the parking alone drops S3 to
-about 0.7x); the measured ratios and which building blocks were ours are recorded in train.json.
+cross-entropy, attention, Adam), S3 runs at 1.4-1.6x plain torch on the 2-core AMD EPYC (AVX-512)
+and the char-LM at 1.55-1.76x (benches/results/train.json). What lifted S3 from 0.6-0.7x: our
+max-pooling (torch's NCHW one costs as much as a convolution), parking torch's OpenMP team during
+our calls (its workers otherwise spin on our cores for milliseconds after every torch op), the
+fused Conv2d-ReLU(-MaxPool2d) calls and faster conv GEMMs. The char-LM went from 1.2x to 1.6x when
+attention's dropout mask was compiled per ISA. The floors are regression gates well under those
+ratios, with room for this noisy VM (losing the parking alone drops S3 to about 0.7x, a baseline
+dropout mask drops the char-LM to about 1.2x); the measured ratios and which building blocks were
+ours are recorded in train.json.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import pytest
 from bigmodel_native.benchmarks import training
 from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, time_case, write_json
 
-FLOORS = {"s3": 0.8, "lm": 0.95}
+FLOORS = {"s3": 1.0, "lm": 1.15}
 
 
 @pytest.fixture(scope="module")
