@@ -341,6 +341,26 @@ mod tests {
         d.apply(&mut tail, 3, 7, 500, 1.0);
         assert_eq!(&row[500..], &tail[..]);
     }
+
+    /// The backward regenerates the forward's mask, and a run must not depend on the CPU: every
+    /// instruction set keeps and scales the same elements.
+    #[test]
+    fn dropout_mask_is_the_same_on_every_isa() {
+        use crate::isa::{self, Isa};
+        let d = Dropout::new(0.25, 7, 300);
+        let run = || {
+            let mut row: Vec<f32> = (0..300).map(|i| i as f32 + 1.0).collect();
+            d.apply(&mut row, 5, 11, 0, 4.0 / 3.0);
+            row
+        };
+        let want = run();
+        for narrower in [Isa::Avx2, Isa::Scalar] {
+            if isa::set_override(Some(narrower)).is_ok() {
+                assert_eq!(run(), want, "{narrower:?}");
+            }
+        }
+        isa::set_override(None).unwrap();
+    }
 }
 
 #[cfg(test)]
