@@ -323,7 +323,8 @@ def _conv2d_relu_pool_backward_fake(
 
 def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
     input, weight, bias, stride, padding, dilation, groups = inputs
-    if isinstance(output, tuple):  # pooled: the indices (with the ReLU's cuts) route the gradient
+    ctx.pooled = isinstance(output, tuple)
+    if ctx.pooled:  # the indices (with the ReLU's cuts) route the gradient
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(input, weight, output[1])
     elif relu:  # the output of a fused ReLU is its mask for the backward
@@ -332,7 +333,6 @@ def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
         ctx.save_for_backward(input, weight)
     ctx.conf = (stride, padding, dilation, groups)
     ctx.has_bias = bias is not None
-    ctx.pooled = isinstance(output, tuple)
 
 
 def _setup_relu_context(ctx, inputs, output) -> None:

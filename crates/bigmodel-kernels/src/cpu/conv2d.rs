@@ -292,6 +292,14 @@ crate::dispatch_isa! {
     }
 }
 
+/// Row `c` of the row-major `dst` (rows of `pix`) set to `values[c]`: the bias a GEMM then
+/// accumulates onto.
+fn fill_rows<A: Copy>(dst: &mut [A], pix: usize, values: &[A]) {
+    for (row, &v) in dst.chunks_mut(pix).zip(values) {
+        row.fill(v);
+    }
+}
+
 /// torch's ReLU of a value stored as E: rounded first (a tiny negative float16 result is -0.0,
 /// which the ReLU keeps), then clamped.
 #[inline(always)]
@@ -523,9 +531,7 @@ where
                 .flatten()
             {
                 if let Some(b) = ba {
-                    for c in 0..cog {
-                        dst[c * pix..(c + 1) * pix].fill(b[gi * cog + c]);
-                    }
+                    fill_rows(dst, pix, &b[gi * cog..(gi + 1) * cog]);
                 }
                 matmul(dst, pix, ba.is_some(), wg, rhs, plan.inner)?;
                 if b.epi == Epilogue::Relu {
@@ -533,9 +539,7 @@ where
                 }
             } else {
                 if let (true, Some(b)) = (bias_first, ba) {
-                    for c in 0..cog {
-                        y[c * pix..(c + 1) * pix].fill(b[gi * cog + c]);
-                    }
+                    fill_rows(y, pix, &b[gi * cog..(gi + 1) * cog]);
                 }
                 matmul(y, ld, bias_first && ba.is_some(), wg, rhs, plan.inner)?;
                 for i in 0..nbk {

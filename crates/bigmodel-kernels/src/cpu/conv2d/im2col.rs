@@ -11,8 +11,8 @@ use super::tiny_plane;
 use super::{same, same_mut};
 use crate::element::{Element, Real};
 
-/// Output rows narrower than this are gathered (im2col, strided taps) or scattered (col2im)
-/// through the offset table rather than walked row by row: a row of 3 elements costs its loop
+/// Output rows narrower than this are gathered (im2col) or scattered (col2im) through the
+/// offset table rather than walked row by row: a row of 3 elements costs its loop
 /// overhead thrice over, while on 11-wide rows the contiguous loops were measured twice as fast
 /// (and fixed-width block copies, `copy_line`, faster still; on 3-wide rows they lose to the
 /// gather, measured 26% against 19% of a 5x5 forward).
@@ -309,12 +309,8 @@ pub fn im2col<E: Element>(
     ld: usize,
 ) {
     debug_assert!(nbk * g.p() <= ld && col.len() >= g.k() * ld);
-    if let (Some(src), Some(col), Some(t)) = (
-        same::<E, f32>(src),
-        same_mut::<E::Acc, f32>(col),
-        tiny_plane::TapTable::new(g),
-    ) {
-        if tiny_plane::im2col(g, &t, src, img, nbk, col, ld) {
+    if let (Some(src), Some(col)) = (same::<E, f32>(src), same_mut::<E::Acc, f32>(col)) {
+        if tiny_plane::im2col(g, src, img, nbk, col, ld) {
             return;
         }
     }
@@ -336,12 +332,8 @@ pub fn col2im<A: Real>(
     dst: &mut [A],
 ) {
     debug_assert!(nbk * g.p() <= ld && col.len() >= g.k() * ld);
-    if let (Some(col), Some(dst), Some(t)) = (
-        same::<A, f32>(col),
-        same_mut::<A, f32>(dst),
-        tiny_plane::TapTable::new(g),
-    ) {
-        if tiny_plane::col2im(g, &t, col, ld, nbk, img, dst) {
+    if let (Some(col), Some(dst)) = (same::<A, f32>(col), same_mut::<A, f32>(dst)) {
+        if tiny_plane::col2im(g, col, ld, nbk, img, dst) {
             return;
         }
     }

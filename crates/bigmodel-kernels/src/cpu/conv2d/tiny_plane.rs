@@ -17,7 +17,7 @@ const MAX_PLANE: usize = 32;
 const MAX_PIXELS: usize = 16;
 
 /// Per kernel tap, where each output pixel reads in the plane and back.
-pub struct TapTable {
+struct TapTable {
     /// Plane index (0..32) each pixel lane reads; meaningful where `reads` is set.
     gather: Vec<[i32; 16]>,
     /// Pixel lanes whose tap lands inside the plane (the others read zero padding).
@@ -30,7 +30,7 @@ pub struct TapTable {
 
 impl TapTable {
     /// The table of `g`, or None when its planes or outputs are too large for it.
-    pub fn new(g: &Geom) -> Option<TapTable> {
+    fn new(g: &Geom) -> Option<TapTable> {
         let (hw, p) = (g.h * g.w, g.p());
         if hw > MAX_PLANE || p > MAX_PIXELS || p == 0 {
             return None;
@@ -74,7 +74,7 @@ fn low_lanes(n: usize) -> u16 {
 }
 
 /// Whether this CPU runs the permute kernels (the tests narrow `isa::active` to check the others).
-pub fn available() -> bool {
+fn available() -> bool {
     cfg!(target_arch = "x86_64") && crate::isa::active() == crate::isa::Isa::Avx512
 }
 
@@ -89,46 +89,46 @@ fn fits(g: &Geom, src_len: usize, img: usize, nbk: usize, col_len: usize, ld: us
     last_plane <= src_len && last_col <= col_len
 }
 
-/// [`super::im2col`] for f32 when [`available`] and `t` was built from `g`; false (nothing
-/// written) when the sizes do not fit, so the caller takes the generic path.
-pub fn im2col(
+/// The table for a call on this CPU, or None (the caller takes the generic path) when the
+/// permute kernels are unavailable, the sizes do not fit the bounds they rely on, or the planes
+/// are too large: checked before the table is built, so the generic path allocates nothing here.
+fn table_for(
     g: &Geom,
-    t: &TapTable,
-    src: &[f32],
+    plane_len: usize,
     img: usize,
     nbk: usize,
-    col: &mut [f32],
+    col_len: usize,
     ld: usize,
-) -> bool {
-    if !available() || !fits(g, src.len(), img, nbk, col.len(), ld) {
-        return false;
+) -> Option<TapTable> {
+    if !available() || !fits(g, plane_len, img, nbk, col_len, ld) {
+        return None;
     }
+    TapTable::new(g)
+}
+
+/// [`super::im2col`] for f32 by permutes; false (nothing written) where [`table_for`] declines.
+pub fn im2col(g: &Geom, src: &[f32], img: usize, nbk: usize, col: &mut [f32], ld: usize) -> bool {
+    let Some(t) = table_for(g, src.len(), img, nbk, col.len(), ld) else {
+        return false;
+    };
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `available` checked AVX-512F on this CPU, and `fits` the bounds the kernel's
-    // masked loads and stores stay within.
+    // SAFETY: `table_for` checked AVX-512F on this CPU and the bounds (`fits`) the kernel's
+    // masked loads and stores stay within, and built `t` from `g`.
     unsafe {
-        avx512::im2col(g, t, src, img, nbk, col, ld)
+        avx512::im2col(g, &t, src, img, nbk, col, ld)
     };
     true
 }
 
-/// [`super::col2im`] for f32, under the same conditions as [`im2col`].
-pub fn col2im(
-    g: &Geom,
-    t: &TapTable,
-    col: &[f32],
-    ld: usize,
-    nbk: usize,
-    img: usize,
-    dst: &mut [f32],
-) -> bool {
-    if !available() || !fits(g, dst.len(), img, nbk, col.len(), ld) {
+/// [`super::col2im`] for f32 by permutes, under the same conditions as [`im2col`].
+pub fn col2im(g: &Geom, col: &[f32], ld: usize, nbk: usize, img: usize, dst: &mut [f32]) -> bool {
+    let Some(t) = table_for(g, dst.len(), img, nbk, col.len(), ld) else {
         return false;
-    }
+    };
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `im2col`.
     unsafe {
-        avx512::col2im(g, t, col, ld, nbk, img, dst)
+        avx512::col2im(g, &t, col, ld, nbk, img, dst)
     };
     true
 }
@@ -284,19 +284,19 @@ mod tests {
         }
         for case in &CASES {
             let g = geom(case);
-            let t = TapTable::new(&g).expect("case fits the tables");
+            assert!(TapTable::new(&g).is_some(), "{case:?} fits the tables");
             let (hw, p, nbk) = (g.h * g.w, g.p(), 3);
             let img = g.cg * hw + 5; // images further apart than their planes
             let ld = nbk * p + 2;
             let src: Vec<f32> = (0..nbk * img).map(|i| i as f32 * 0.25 - 7.0).collect();
             let mut col = vec![f32::NAN; g.k() * ld];
-            assert!(im2col(&g, &t, &src, img, nbk, &mut col, ld));
+            assert!(im2col(&g, &src, img, nbk, &mut col, ld));
             let rows: Vec<f32> = (0..g.k() * ld)
                 .map(|i| ((i * 7) % 11) as f32 - 5.3)
                 .collect();
             let mut back: Vec<f32> = (0..nbk * img).map(|i| (i % 3) as f32).collect();
             let mut want_back = back.clone();
-            assert!(col2im(&g, &t, &rows, ld, nbk, img, &mut back));
+            assert!(col2im(&g, &rows, ld, nbk, img, &mut back));
             for i in 0..nbk {
                 for c in 0..g.cg {
                     for ki in 0..g.kh {
