@@ -26,6 +26,7 @@
 
 mod im2col;
 mod matmul;
+mod pool_lanes;
 mod tiny_plane;
 
 pub use im2col::{col2im, im2col, Geom};
@@ -290,6 +291,18 @@ crate::dispatch_isa! {
             }
         }
     }
+}
+
+/// [`relu_pool2`], by [`pool_lanes`] for f32 on AVX-512.
+fn relu_pool2_any<E: Element>(src: &[E::Acc], add: E::Acc, w: usize, o: &mut [E], ix: &mut [i64]) {
+    let add32 = same::<E::Acc, f32>(std::slice::from_ref(&add)).and_then(|a| a.first());
+    if let (Some(s), Some(&a), Some(o32)) = (same::<E::Acc, f32>(src), add32, same_mut::<E, f32>(o))
+    {
+        if pool_lanes::relu_pool2(s, a, w, o32, ix) {
+            return;
+        }
+    }
+    relu_pool2::<E>(src, add, w, o, ix);
 }
 
 /// Row `c` of the row-major `dst` (rows of `pix`) set to `values[c]`: the bias a GEMM then
@@ -557,7 +570,7 @@ where
                             }
                             Epilogue::ReluPool2 => {
                                 let at = at * pooled;
-                                relu_pool2::<E>(
+                                relu_pool2_any::<E>(
                                     src,
                                     add,
                                     p.out[1],

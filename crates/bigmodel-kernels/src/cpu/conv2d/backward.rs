@@ -327,6 +327,12 @@ fn gather_row<E: Element>(
         Upstream::ReluPool2 { grad, indices } => {
             let n = (p.out[0] / 2) * (p.out[1] / 2);
             let at = plane * n;
+            let (g, ix) = (&grad[at..at + n], &indices[at..at + n]);
+            if let (Some(g32), Some(d32)) = (same::<E, f32>(g), same_mut::<E::Acc, f32>(dst)) {
+                if super::pool_lanes::unpool2(g32, ix, p.out[0], p.out[1], d32) {
+                    return Ok(());
+                }
+            }
             dst.fill(<E::Acc as Real>::ZERO);
             for (g, &j) in grad[at..at + n].iter().zip(&indices[at..at + n]) {
                 if j == super::CUT {
