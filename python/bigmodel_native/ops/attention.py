@@ -204,11 +204,16 @@ def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     q, k, v, mask, scale, is_causal, dropout_p, seed = inputs
     out, lse = output
     ctx.mark_non_differentiable(lse)
+    # Only the first output is differentiable: no zeros for the others' absent gradients (an
+    # indices-sized fill and its page faults on every backward otherwise).
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.params = (scale, is_causal, dropout_p, seed)
 
 
 def _backward(ctx, grad_out, _grad_lse):  # type: ignore[no-untyped-def]
+    if grad_out is None:  # nothing flows back
+        return (None,) * 8
     q, k, v, out, lse, mask = ctx.saved_tensors
     if mask is not None and mask.dtype != torch.bool and ctx.needs_input_grad[3]:
         dq, dk, dv, dmask = torch.ops.bigmodel_native.sdpa_flash_mask_backward(

@@ -326,6 +326,9 @@ def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
     ctx.pooled = isinstance(output, tuple)
     if ctx.pooled:  # the indices (with the ReLU's cuts) route the gradient
         ctx.mark_non_differentiable(output[1])
+        # No zeros for the indices' absent gradient: an indices-sized fill (and its page
+        # faults) on every backward otherwise.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(input, weight, output[1])
     elif relu:  # the output of a fused ReLU is its mask for the backward
         ctx.save_for_backward(input, weight, output)
@@ -339,7 +342,9 @@ def _setup_relu_context(ctx, inputs, output) -> None:
     _setup_context(ctx, inputs, output, relu=True)
 
 
-def _backward(ctx, grad: Tensor, *_grad_indices: Tensor | None):
+def _backward(ctx, grad: Tensor | None, *_grad_indices: Tensor | None):
+    if grad is None:  # (grads are not materialized for a pooled forward) nothing flows back
+        return (None,) * 7
     input, weight, *outputs = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]

@@ -361,6 +361,9 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     ctx.args = (reduction, ignore_index, label_smoothing)
     ctx.inplace = inplace
     ctx.mark_non_differentiable(lse, asum, total_weight)
+    # Only the first output is differentiable: no zeros for the others' absent gradients (an
+    # indices-sized fill and its page faults on every backward otherwise).
+    ctx.set_materialize_grads(False)
 
 
 _DOUBLE_BACKWARD = (
@@ -377,7 +380,9 @@ def _no_double_backward(grad: Tensor | None) -> Tensor | None:
     return _functions.DelayedError(_DOUBLE_BACKWARD, 1)(grad.detach().requires_grad_())
 
 
-def _backward(ctx, grad_loss: Tensor, *_: object) -> tuple:
+def _backward(ctx, grad_loss: Tensor | None, *_: object) -> tuple:
+    if grad_loss is None:  # nothing flows back
+        return (None,) * len(ctx.needs_input_grad)
     input, target, weight, lse, asum, total_weight = ctx.saved_tensors
     reduction, ignore_index, label_smoothing = ctx.args
     direct = skips_dispatcher(grad_loss)

@@ -179,10 +179,15 @@ def _setup_context(ctx, inputs, output) -> None:
     input, *conf = inputs
     ctx.save_for_backward(input, output[1])
     ctx.mark_non_differentiable(output[1])
+    # Only the first output is differentiable: no zeros for the others' absent gradients (an
+    # indices-sized fill and its page faults on every backward otherwise).
+    ctx.set_materialize_grads(False)
     ctx.conf = conf
 
 
-def _backward(ctx, grad: Tensor, _grad_indices: Tensor | None):
+def _backward(ctx, grad: Tensor | None, _grad_indices: Tensor | None):
+    if grad is None:  # nothing flows back
+        return (None,) * 6
     input, indices = ctx.saved_tensors
     with torch.no_grad():
         grad_input = torch.ops.bigmodel_native.max_pool2d_backward(grad, input, indices, *ctx.conf)

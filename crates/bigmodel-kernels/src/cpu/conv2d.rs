@@ -255,25 +255,33 @@ crate::dispatch_isa! {
 }
 
 crate::dispatch_isa! {
-    fn relu_pool2<E: Element>(src: &[E::Acc], add: E::Acc, w: usize, o: &mut [E], ix: &mut [i64]) {
-        // One `h x w` plane of conv output (before the bias) into its 2x2, stride-2 max pooling
-        // of relu(conv + bias): each value is the stored activation's (rounded to E, then the
-        // ReLU), and windows keep their first strict maximum unless a NaN comes, exactly as
-        // `max_pool2d` does (`cpu::max_pool2d::take`). The index is the maximum's flat position
-        // in the plane, or -1 where the ReLU cuts the gradient (a maximum <= 0): all the
-        // backward needs, so that it keeps no activation.
+    fn relu_pool2<E: Element>(
+        src: &[E::Acc],
+        add: E::Acc,
+        w: usize,
+        iw: usize,
+        o: &mut [E],
+        ix: &mut [i64],
+    ) {
+        // One plane of conv output (before the bias; rows of `w`) into its 2x2, stride-2 max
+        // pooling of relu(conv + bias): each value is the stored activation's (rounded to E,
+        // then the ReLU), and windows keep their first strict maximum unless a NaN comes,
+        // exactly as `max_pool2d` does (`cpu::max_pool2d::take`). The index is the maximum's
+        // flat position in the full output plane (rows of `iw >= w`: see [`Pooling`]), or -1
+        // where the ReLU cuts the gradient (a maximum <= 0): all the backward needs, so that it
+        // keeps no activation.
         let pw = w / 2;
         if pw == 0 {
             return;
         }
         let zero = <E::Acc as Real>::ZERO;
         let act = |x: E::Acc| relu_stored::<E>(x + add).load();
-        let wide = w as i64;
+        let wide = iw as i64;
         let rows = o.chunks_exact_mut(pw).zip(ix.chunks_exact_mut(pw));
         for (py, (orow, irow)) in rows.enumerate() {
             let r0 = src[2 * py * w..][..2 * pw].chunks_exact(2);
             let r1 = src[(2 * py + 1) * w..][..2 * pw].chunks_exact(2);
-            let base = (2 * py * w) as i64;
+            let base = (2 * py * iw) as i64;
             // `take`'s rule as selects, without branches.
             let windows = orow.iter_mut().zip(irow.iter_mut()).zip(r0).zip(r1);
             for (px, (((ov, iv), top), bottom)) in windows.enumerate() {
@@ -294,15 +302,34 @@ crate::dispatch_isa! {
 }
 
 /// [`relu_pool2`], by [`pool_lanes`] for f32 on AVX-512.
-fn relu_pool2_any<E: Element>(src: &[E::Acc], add: E::Acc, w: usize, o: &mut [E], ix: &mut [i64]) {
+fn relu_pool2_any<E: Element>(
+    src: &[E::Acc],
+    add: E::Acc,
+    w: usize,
+    iw: usize,
+    o: &mut [E],
+    ix: &mut [i64],
+) {
     let add32 = same::<E::Acc, f32>(std::slice::from_ref(&add)).and_then(|a| a.first());
     if let (Some(s), Some(&a), Some(o32)) = (same::<E::Acc, f32>(src), add32, same_mut::<E, f32>(o))
     {
-        if pool_lanes::relu_pool2(s, a, w, o32, ix) {
+        if pool_lanes::relu_pool2(s, a, w, iw, o32, ix) {
             return;
         }
     }
-    relu_pool2::<E>(src, add, w, o, ix);
+    relu_pool2::<E>(src, add, w, iw, o, ix);
+}
+
+/// The convolution a pooled (2x2, stride 2, floor) forward or backward computes: `p` with its
+/// output cropped to the `2 * (oh / 2) x 2 * (ow / 2)` pixels the windows read. An odd output
+/// size's last row and column reach no window, so neither their products nor their (zero)
+/// gradients are formed: ~17% of the seed CNN's second convolution (11x11 -> 10x10). Indices
+/// still name positions in the full `oh x ow` plane, as torch's do.
+fn cropped_for_pooling(p: &Conv2dParams) -> Conv2dParams {
+    Conv2dParams {
+        out: [2 * (p.out[0] / 2), 2 * (p.out[1] / 2)],
+        ..*p
+    }
 }
 
 /// Row `c` of the row-major `dst` (rows of `pix`) set to `values[c]`: the bias a GEMM then
@@ -456,6 +483,9 @@ where
     if out.is_empty() {
         return Ok(());
     }
+    let index_width = p.out[1];
+    let cropped = cropped_for_pooling(p);
+    let p = if pooled { &cropped } else { p };
     let plan = Plan::new(
         p,
         rayon::current_num_threads(),
@@ -483,16 +513,23 @@ where
         .enumerate()
         .try_for_each(|(blk, (o, ix))| {
             let nbk = o.len() / per_image;
-            let block = Block { blk, nbk, epi };
+            let block = Block {
+                blk,
+                nbk,
+                epi,
+                index_width,
+            };
             forward_block(p, &plan, &idx, block, input, wa, ba.as_deref(), o, ix)
         })
 }
 
-/// One block of images of the forward: its number, its size, what it stores.
+/// One block of images of the forward: its number, its size, what it stores, and the width of
+/// the plane a pooled output's indices refer to.
 struct Block {
     blk: usize,
     nbk: usize,
     epi: Epilogue,
+    index_width: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -574,6 +611,7 @@ where
                                     src,
                                     add,
                                     p.out[1],
+                                    b.index_width,
                                     &mut o[at..at + pooled],
                                     &mut ix[at..at + pooled],
                                 );

@@ -8,9 +8,9 @@
 //! Each group's partial weight gradient is stored transposed (K x cog), see `backward_task`.
 
 use super::{
-    check_len, col2im, im2col, load_row, load_row_relu, matmul, same, same_mut, store_row, to_acc,
-    Conv2dGrads, Conv2dParams, Mat, Plan, Scratch, MAX_TASKS_PER_THREAD, MIN_TASKS_PER_THREAD,
-    PARTIAL_BYTES,
+    check_len, col2im, cropped_for_pooling, im2col, load_row, load_row_relu, matmul, same,
+    same_mut, store_row, to_acc, Conv2dGrads, Conv2dParams, Mat, Plan, Scratch,
+    MAX_TASKS_PER_THREAD, MIN_TASKS_PER_THREAD, PARTIAL_BYTES,
 };
 use crate::element::{Element, Real};
 use crate::error::{Error, Result};
@@ -85,6 +85,14 @@ where
     }
     check_len("input", input.len(), p.input_len())?;
     check_len("weight", weight.len(), p.weight_len())?;
+    // A pooled forward formed only the pixels its windows read, and so does its backward; the
+    // indices still name positions in the full output plane.
+    let index_plane = p.out;
+    let cropped = cropped_for_pooling(p);
+    let p = match up {
+        Upstream::ReluPool2 { .. } => &cropped,
+        _ => p,
+    };
     let Conv2dGrads {
         input: mut gin,
         weight: mut gw,
@@ -154,9 +162,10 @@ where
             });
         }
     }
-    tasks
-        .into_par_iter()
-        .try_for_each(|t| backward_task(p, &plan, &idx, t, up, input, wa, wlen, blen))?;
+    tasks.into_par_iter().try_for_each(|t| {
+        let up = Incoming { up, index_plane };
+        backward_task(p, &plan, &idx, t, up, input, wa, wlen, blen)
+    })?;
 
     // Sum the partials over the tasks into the first one, in task order and contiguously (a
     // sum reading each output element's partials with a stride was ~4% of a 13x13 backward).
@@ -196,7 +205,7 @@ fn backward_task<E: Element>(
     plan: &Plan,
     idx: &[usize],
     t: Task<'_, E, E::Acc>,
-    up: Upstream<'_, E>,
+    incoming: Incoming<'_, E>,
     input: &[E],
     wa: &[E::Acc],
     wlen: usize,
@@ -215,6 +224,7 @@ where
     let ldmax = plan.nb * pix;
     let gacc_len = if need_in && !native { plan.nb * img } else { 0 };
     let grad_in = t.grad_in;
+    let up = incoming.up;
     E::Acc::with_scratch(k * ldmax + cog * ldmax + gacc_len, |s| {
         let (col, rest) = s.split_at_mut(k * ldmax);
         let (dbuf, gacc) = rest.split_at_mut(cog * ldmax);
@@ -253,7 +263,7 @@ where
                             for c in 0..cog {
                                 let plane = (i0 + i) * p.c_out + gi * cog + c;
                                 let dst = &mut dbuf[c * ld + i * pix..][..pix];
-                                gather_row(p, up, plane, dst)?;
+                                gather_row(p, incoming, plane, dst)?;
                             }
                         }
                         &dbuf[..cog * ld]
@@ -309,40 +319,64 @@ where
     })
 }
 
+/// What arrives at the forward's stored output, and the `oh x ow` plane a pooled forward's
+/// indices refer to (the full output, before `cropped_for_pooling`).
+#[derive(Clone, Copy)]
+struct Incoming<'a, E> {
+    up: Upstream<'a, E>,
+    index_plane: [usize; 2],
+}
+
 /// Row `plane` (an (image, channel) plane of the convolution's output) of the gradient of the
 /// convolution's output, from what arrives at the forward's stored output.
 fn gather_row<E: Element>(
     p: &Conv2dParams,
-    up: Upstream<'_, E>,
+    incoming: Incoming<'_, E>,
     plane: usize,
     dst: &mut [E::Acc],
 ) -> Result<()> {
     let pix = dst.len();
-    match up {
+    match incoming.up {
         Upstream::Conv(g) => load_row::<E>(dst, &g[plane * pix..][..pix]),
         Upstream::Relu { grad, out } => {
             let at = plane * pix;
             load_row_relu::<E>(dst, &grad[at..][..pix], &out[at..][..pix]);
         }
         Upstream::ReluPool2 { grad, indices } => {
-            let n = (p.out[0] / 2) * (p.out[1] / 2);
+            // `p` is cropped to the windows: `2 ph x 2 pw` pixels.
+            let (w, pw) = (p.out[1], p.out[1] / 2);
+            let [ih, iw] = incoming.index_plane;
+            let n = (p.out[0] / 2) * pw;
             let at = plane * n;
             let (g, ix) = (&grad[at..at + n], &indices[at..at + n]);
             if let (Some(g32), Some(d32)) = (same::<E, f32>(g), same_mut::<E::Acc, f32>(dst)) {
-                if super::pool_lanes::unpool2(g32, ix, p.out[0], p.out[1], d32) {
+                if super::pool_lanes::unpool2(g32, ix, p.out[0], w, iw, d32) {
                     return Ok(());
                 }
             }
             dst.fill(<E::Acc as Real>::ZERO);
-            for (g, &j) in grad[at..at + n].iter().zip(&indices[at..at + n]) {
+            for (q, (g, &j)) in g.iter().zip(ix).enumerate() {
                 if j == super::CUT {
                     continue; // the ReLU stopped this gradient
                 }
-                let Some(d) = usize::try_from(j).ok().and_then(|j| dst.get_mut(j)) else {
+                let what = "conv2d_relu_max_pool2d backward: index";
+                let Some(j) = usize::try_from(j).ok().filter(|&j| j < ih * iw) else {
                     return Err(Error::Index(format!(
-                        "conv2d_relu_max_pool2d backward: index {j} is outside a plane of {pix} elements"
+                        "{what} {j} is outside a plane of {} elements",
+                        ih * iw
                     )));
                 };
+                // A forward's index always lies in its own window; one elsewhere (which could
+                // also be a pixel no window reads) is refused rather than guessed at.
+                let (r, c) = (j / iw, j % iw);
+                if (r / 2, c / 2) != (q / pw, q % pw) {
+                    return Err(Error::Index(format!(
+                        "{what} {j} is outside its 2x2 window (pooled row {}, column {})",
+                        q / pw,
+                        q % pw
+                    )));
+                }
+                let d = &mut dst[r * w + c];
                 *d = *d + g.load();
             }
         }

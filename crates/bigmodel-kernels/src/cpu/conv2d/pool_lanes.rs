@@ -25,15 +25,22 @@ fn small_plane(h: usize, w: usize) -> bool {
 }
 
 /// `relu_pool2` for f32 (see `super::relu_pool2`): `src` holds at least `2 * ph` rows of `w`,
-/// `o` and `ix` one `ph x (w / 2)` pooled plane each. False (nothing written) when the CPU lacks
-/// AVX-512 or the sizes do not fit.
-pub fn relu_pool2(src: &[f32], add: f32, w: usize, o: &mut [f32], ix: &mut [i64]) -> bool {
+/// `o` and `ix` one `ph x (w / 2)` pooled plane each, indices naming positions in rows of
+/// `iw >= w`. False (nothing written) when the CPU lacks AVX-512 or the sizes do not fit.
+pub fn relu_pool2(
+    src: &[f32],
+    add: f32,
+    w: usize,
+    iw: usize,
+    o: &mut [f32],
+    ix: &mut [i64],
+) -> bool {
     let pw = w / 2;
-    if !available() || pw == 0 || o.len() != ix.len() || !o.len().is_multiple_of(pw) {
+    if !available() || pw == 0 || iw < w || o.len() != ix.len() || !o.len().is_multiple_of(pw) {
         return false;
     }
     let ph = o.len() / pw;
-    if !small_plane(2 * ph, w) || src.len() < 2 * ph * w {
+    if !small_plane(2 * ph + 1, iw) || src.len() < 2 * ph * w {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -41,29 +48,37 @@ pub fn relu_pool2(src: &[f32], add: f32, w: usize, o: &mut [f32], ix: &mut [i64]
     // reads and `o`, `ix` the ph * pw elements it writes (checked above), and offsets within
     // a plane of 2 * ph * w < i32::MAX / 2 elements fit its i32 lanes.
     unsafe {
-        avx512::relu_pool2(src, add, w, o, ix)
+        avx512::relu_pool2(src, add, w, iw, o, ix)
     };
     true
 }
 
 /// The pooled branch of `gather_row` for f32: `dst` (one `h x w` plane, `h >= 2 * ph`) set to
 /// the gradient of the convolution's output from the pooled gradient `grad` and the forward's
-/// indices (`ph x (w / 2)` each). False when the CPU lacks AVX-512, the sizes do not fit, or an
-/// index is neither [`super::CUT`] nor a position of its own window; `dst` may then be partly
-/// written, and the caller's generic path rewrites it whole.
-pub fn unpool2(grad: &[f32], indices: &[i64], h: usize, w: usize, dst: &mut [f32]) -> bool {
+/// indices (`ph x (w / 2)` each, positions in rows of `iw >= w`). False when the CPU lacks
+/// AVX-512, the sizes do not fit, or an index is neither [`super::CUT`] nor a position of its
+/// own window; `dst` may then be partly written, and the caller's generic path rewrites it whole.
+pub fn unpool2(
+    grad: &[f32],
+    indices: &[i64],
+    h: usize,
+    w: usize,
+    iw: usize,
+    dst: &mut [f32],
+) -> bool {
     let pw = w / 2;
-    if !available() || pw == 0 || grad.len() != indices.len() || !grad.len().is_multiple_of(pw) {
+    let sizes_ok = grad.len() == indices.len() && grad.len().is_multiple_of(pw.max(1));
+    if !available() || pw == 0 || iw < w || !sizes_ok {
         return false;
     }
     let ph = grad.len() / pw;
-    if 2 * ph > h || !small_plane(h, w) || dst.len() != h * w {
+    if 2 * ph > h || !small_plane(2 * ph + 1, iw) || dst.len() != h * w {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 is available; `grad` and `indices` hold ph * pw elements and `dst` the
     // h * w >= 2 * ph * w it writes (checked above); plane offsets fit i32 lanes.
-    return unsafe { avx512::unpool2(grad, indices, w, dst) };
+    return unsafe { avx512::unpool2(grad, indices, w, iw, dst) };
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
@@ -121,9 +136,16 @@ mod avx512 {
 
     /// # Safety
     /// AVX-512F/DQ; `src` has `2 * ph` rows of `w`, `o` and `ix` exactly `ph * (w / 2)`
-    /// elements, and `2 * ph * w < i32::MAX / 2` (see `super::relu_pool2`).
+    /// elements, `iw >= w` and `(2 * ph + 1) * iw < i32::MAX / 2` (see `super::relu_pool2`).
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn relu_pool2(src: &[f32], add: f32, w: usize, o: &mut [f32], ix: &mut [i64]) {
+    pub unsafe fn relu_pool2(
+        src: &[f32],
+        add: f32,
+        w: usize,
+        iw: usize,
+        o: &mut [f32],
+        ix: &mut [i64],
+    ) {
         let pw = w / 2;
         let ph = o.len() / pw;
         // SAFETY: loads of 16 i32 from arrays of 16.
@@ -141,8 +163,8 @@ mod avx512 {
         };
         let steps = [
             (1, _mm512_set1_epi32(1)),
-            (2, _mm512_set1_epi32(w as i32)),
-            (3, _mm512_set1_epi32(w as i32 + 1)),
+            (2, _mm512_set1_epi32(iw as i32)),
+            (3, _mm512_set1_epi32(iw as i32 + 1)),
         ];
         for py in 0..ph {
             for c0 in (0..pw).step_by(16) {
@@ -167,7 +189,8 @@ mod avx512 {
                     best = _mm512_mask_mov_ps(best, take, v);
                     off = _mm512_mask_mov_epi32(off, take, step);
                 }
-                let base = _mm512_add_epi32(_mm512_set1_epi32(at as i32), twice_lane);
+                let corner = (2 * py * iw + 2 * c0) as i32;
+                let base = _mm512_add_epi32(_mm512_set1_epi32(corner), twice_lane);
                 let cut = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(best, zero);
                 let idx = _mm512_mask_mov_epi32(
                     _mm512_add_epi32(base, off),
@@ -204,9 +227,16 @@ mod avx512 {
 
     /// # Safety
     /// AVX-512F/DQ; `grad` and `indices` hold `ph * (w / 2)` elements, `dst` is a plane of
-    /// `h >= 2 * ph` rows of `w` with `h * w < i32::MAX / 2` (see `super::unpool2`).
+    /// `h >= 2 * ph` rows of `w`, indices name positions in rows of `iw >= w` (see
+    /// `super::unpool2`).
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub unsafe fn unpool2(grad: &[f32], indices: &[i64], w: usize, dst: &mut [f32]) -> bool {
+    pub unsafe fn unpool2(
+        grad: &[f32],
+        indices: &[i64],
+        w: usize,
+        iw: usize,
+        dst: &mut [f32],
+    ) -> bool {
         let pw = w / 2;
         let ph = grad.len() / pw;
         // SAFETY: loads of 16 i32 from arrays of 16.
@@ -214,13 +244,14 @@ mod avx512 {
         let zero = _mm512_setzero_ps();
         let lane2 = _mm512_slli_epi64::<1>(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
         let cut = _mm512_set1_epi64(super::super::CUT);
-        let offsets = [0, 1, w as i64, w as i64 + 1].map(|o| _mm512_set1_epi64(o));
+        let offsets = [0, 1, iw as i64, iw as i64 + 1].map(|o| _mm512_set1_epi64(o));
         for py in 0..ph {
             for c0 in (0..pw).step_by(16) {
                 let n = (pw - c0).min(16);
                 let m = low(n);
                 let at = py * pw + c0;
                 let corner = 2 * py * w + 2 * c0;
+                let named = 2 * py * iw + 2 * c0;
                 // Which window position (0..4) each lane's index names, as four lane masks.
                 let mut hits = [0u16; 4];
                 for half in 0..2 {
@@ -233,7 +264,7 @@ mod avx512 {
                         _mm512_maskz_loadu_epi64(hm, indices.as_ptr().wrapping_add(at + 8 * half))
                     };
                     let base =
-                        _mm512_add_epi64(_mm512_set1_epi64((corner + 16 * half) as i64), lane2);
+                        _mm512_add_epi64(_mm512_set1_epi64((named + 16 * half) as i64), lane2);
                     let rel = _mm512_sub_epi64(idx, base);
                     let mut ok = _mm512_cmpeq_epi64_mask(idx, cut);
                     for (hit, o) in hits.iter_mut().zip(&offsets) {
@@ -315,9 +346,9 @@ mod tests {
                 let src = plane(h, w, seed);
                 let n = (h / 2) * (w / 2);
                 let (mut o, mut ix) = (vec![f32::NAN; n], vec![7i64; n]);
-                assert!(relu_pool2(&src, add, w, &mut o, &mut ix), "{h}x{w}");
+                assert!(relu_pool2(&src, add, w, w, &mut o, &mut ix), "{h}x{w}");
                 let (mut want_o, mut want_ix) = (vec![0f32; n], vec![0i64; n]);
-                super::super::relu_pool2::<f32>(&src, add, w, &mut want_o, &mut want_ix);
+                super::super::relu_pool2::<f32>(&src, add, w, w, &mut want_o, &mut want_ix);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&o), bits(&want_o), "{h}x{w} add {add}");
                 assert_eq!(ix, want_ix, "{h}x{w} add {add}");
@@ -345,12 +376,12 @@ mod tests {
             let src = plane(h, w, seed);
             let n = (h / 2) * (w / 2);
             let (mut o, mut ix) = (vec![0f32; n], vec![0i64; n]);
-            super::super::relu_pool2::<f32>(&src, 0.0, w, &mut o, &mut ix);
+            super::super::relu_pool2::<f32>(&src, 0.0, w, w, &mut o, &mut ix);
             let grad: Vec<f32> = (0..n)
                 .map(|i| if i % 5 == 0 { -0.0 } else { i as f32 - 3.0 })
                 .collect();
             let mut dst = vec![f32::NAN; h * w];
-            assert!(unpool2(&grad, &ix, h, w, &mut dst), "{h}x{w}");
+            assert!(unpool2(&grad, &ix, h, w, w, &mut dst), "{h}x{w}");
             let want = scatter(&grad, &ix, h * w);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&dst), bits(&want), "{h}x{w}");
@@ -370,9 +401,12 @@ mod tests {
                 .map(|q| (2 * (q / (w / 2)) * w + 2 * (q % (w / 2))) as i64)
                 .collect();
             let mut dst = vec![0f32; h * w];
-            assert!(unpool2(&grad, &ix, h, w, &mut dst));
+            assert!(unpool2(&grad, &ix, h, w, w, &mut dst));
             ix[at] = bad;
-            assert!(!unpool2(&grad, &ix, h, w, &mut dst), "index {bad} at {at}");
+            assert!(
+                !unpool2(&grad, &ix, h, w, w, &mut dst),
+                "index {bad} at {at}"
+            );
         }
     }
 }

@@ -258,7 +258,22 @@ where
             grad: &unpooled,
             out: &fused,
         };
-        assert_eq!(grads(pool_up), grads(unfused_up), "pooled backward {p:?}");
+        let (pooled, unfused) = (grads(pool_up), grads(unfused_up));
+        if p.out.iter().all(|n| n % 2 == 0) {
+            assert_eq!(pooled, unfused, "pooled backward {p:?}");
+        } else {
+            // The pooled backward never forms the last row or column of an odd output (no
+            // window reads them): the same sums less their zero terms, in another order.
+            let tol = if std::mem::size_of::<E>() == 2 {
+                2e-2
+            } else {
+                1e-5
+            };
+            for (got, want) in pooled.iter().zip(&unfused) {
+                let f = |v: &Vec<u64>| v.iter().map(|b| f64::from_bits(*b)).collect::<Vec<_>>();
+                close(&format!("pooled backward {p:?}"), &f(got), &f(want), tol);
+            }
+        }
         if n > 0 {
             let mut bad = got_ix.clone();
             bad[n - 1] = (p.out[0] * p.out[1]) as i64;
