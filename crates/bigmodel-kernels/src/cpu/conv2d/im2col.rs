@@ -165,8 +165,16 @@ fn copy_line<E: Element, const N: usize>(
                 *o = v.load();
             }
         }
-        _ => copy_exact(&src[from..from + len], &mut dst[to..to + len]),
+        _ => copy_line_exact(&src[from..from + len], &mut dst[to..to + len]),
     }
+}
+
+/// [`copy_exact`] kept out of line for [`copy_line`]'s rare last lines: inlined, LLVM merged it
+/// with the fixed-width block into one `memcpy` call of variable size (measured 13% of a 13x13
+/// forward), instead of the block's two vector moves.
+#[inline(never)]
+fn copy_line_exact<E: Element>(line: &[E], out: &mut [E::Acc]) {
+    copy_exact(line, out)
 }
 
 crate::dispatch_isa! {
