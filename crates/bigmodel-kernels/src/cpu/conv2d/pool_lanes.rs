@@ -261,6 +261,9 @@ mod avx512 {
                 let at = py * pw + c0;
                 let corner = 2 * py * w + 2 * c0;
                 let named = 2 * py * iw + 2 * c0;
+                // Whole-register loads where the slices have room (see `split`); lanes past n
+                // are masked out of every comparison and store below.
+                let whole = at + 16 <= grad.len();
                 // Which window position (0..4) each lane's index names, as four lane masks.
                 let mut hits = [0u16; 4];
                 for half in 0..2 {
@@ -268,9 +271,15 @@ mod avx512 {
                     if hm == 0 {
                         continue;
                     }
-                    // SAFETY: the unmasked lanes at + 8 * half .. at + n lie inside indices.
+                    // SAFETY: the unmasked lanes at + 8 * half .. at + n lie inside indices, and
+                    // all 16 from `at` when `whole` (indices and grad have the same length).
                     let idx = unsafe {
-                        _mm512_maskz_loadu_epi64(hm, indices.as_ptr().wrapping_add(at + 8 * half))
+                        let p = indices.as_ptr().wrapping_add(at + 8 * half);
+                        if whole {
+                            _mm512_loadu_si512(p.cast())
+                        } else {
+                            _mm512_maskz_loadu_epi64(hm, p)
+                        }
                     };
                     let base =
                         _mm512_add_epi64(_mm512_set1_epi64((named + 16 * half) as i64), lane2);
@@ -285,8 +294,15 @@ mod avx512 {
                         return false;
                     }
                 }
-                // SAFETY: at + n <= grad.len().
-                let g = unsafe { _mm512_maskz_loadu_ps(m, grad.as_ptr().add(at)) };
+                // SAFETY: at + n <= grad.len(), and at + 16 <= grad.len() when `whole`.
+                let g = unsafe {
+                    let p = grad.as_ptr().add(at);
+                    if whole {
+                        _mm512_loadu_ps(p)
+                    } else {
+                        _mm512_maskz_loadu_ps(m, p)
+                    }
+                };
                 // The generic path adds each gradient onto a zeroed element: 0.0 + g, which
                 // turns -0.0 into +0.0.
                 let g = _mm512_add_ps(zero, g);
