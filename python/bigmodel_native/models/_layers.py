@@ -100,8 +100,9 @@ def _is_pool2(m: object) -> bool:
 def run_sequential(seq: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``seq(x)``, with every (our ``Conv2d``, ``nn.ReLU``, ``MaxPool2d(2)``) triple run as one
     :func:`conv2d_relu_max_pool2d` call and every other (``Conv2d``, ``ReLU``) pair as one
-    :func:`conv2d_relu` call, on CPU: the same values and gradients, bit for bit, without the
-    full-size activation's extra passes over memory.
+    :func:`conv2d_relu` call, on CPU: the same values, bit for bit, and the same gradients (up to
+    the order of their sums where an odd-sized output is pooled), without the full-size
+    activation's extra passes over memory.
 
     The modules, their parameters and the ``state_dict`` stay exactly those of the plain stack.
     Where fusing would change what a user observes, the stack runs module by module: hooks

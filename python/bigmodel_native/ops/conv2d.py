@@ -462,8 +462,11 @@ def conv2d_relu_max_pool2d(
     still in cache, so the full-size activation is never written, kept for the backward or read
     again: the backward keeps only the pooling's indices (-1 where the window's maximum is <= 0,
     so the ReLU stops its gradient) and sends each pooled gradient straight to its window's
-    maximum. An output smaller than one window raises torch's max_pool2d error. Values, gradients
-    and their bits are those of :func:`conv2d_relu` followed by max pooling. CPU tensors only."""
+    maximum; the last row and column of an odd-sized convolution output, which no window reads,
+    are never computed. An output smaller than one window raises torch's max_pool2d error. Values
+    and their bits are those of :func:`conv2d_relu` followed by max pooling, and so are the
+    gradients (up to the order of their sums when the convolution output has an odd size). CPU
+    tensors only."""
     return _conv(input, weight, bias, stride, padding, dilation, groups, "relu_pool")
 
 
