@@ -348,17 +348,20 @@ def _backward(ctx, grad: Tensor | None, *_grad_indices: Tensor | None):
     input, weight, *outputs = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [bool(need[0]), bool(need[1]), bool(ctx.has_bias and need[2])]
+    ops = torch.ops.bigmodel_native
+    # In plain eager mode on CPU, the kernels directly (the dispatcher would route there anyway,
+    # at tens of microseconds per trip); the registered ops elsewhere.
+    direct = input.device.type == "cpu" and skips_dispatcher(grad, input, weight, *outputs)
     with torch.no_grad():
         if ctx.pooled:  # outputs: the pooled forward's indices
-            grads = torch.ops.bigmodel_native.conv2d_relu_max_pool2d_backward(
-                grad, outputs[0], input, weight, *ctx.conf, mask
-            )
+            fn = _conv2d_relu_pool_backward_cpu if direct else ops.conv2d_relu_max_pool2d_backward
+            grads = fn(grad, outputs[0], input, weight, *ctx.conf, mask)
         elif outputs:
-            grads = torch.ops.bigmodel_native.conv2d_relu_backward(
-                grad, outputs[0], input, weight, *ctx.conf, mask
-            )
+            fn = _conv2d_relu_backward_cpu if direct else ops.conv2d_relu_backward
+            grads = fn(grad, outputs[0], input, weight, *ctx.conf, mask)
         else:
-            grads = torch.ops.bigmodel_native.conv2d_backward(grad, input, weight, *ctx.conf, mask)
+            fn = _conv2d_backward_cpu if direct else ops.conv2d_backward
+            grads = fn(grad, input, weight, *ctx.conf, mask)
     outs = [g if m else None for g, m in zip(grads, mask, strict=True)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (grad, input, weight)):
         # create_graph=True: the gradients get a node that raises if anything differentiates

@@ -189,8 +189,11 @@ def _backward(ctx, grad: Tensor | None, _grad_indices: Tensor | None):
     if grad is None:  # nothing flows back
         return (None,) * 6
     input, indices = ctx.saved_tensors
+    # In plain eager mode on CPU, the kernel directly (see `skips_dispatcher`).
+    direct = input.device.type == "cpu" and skips_dispatcher(grad, input, indices)
+    fn = _max_pool2d_backward_cpu if direct else torch.ops.bigmodel_native.max_pool2d_backward
     with torch.no_grad():
-        grad_input = torch.ops.bigmodel_native.max_pool2d_backward(grad, input, indices, *ctx.conf)
+        grad_input = fn(grad, input, indices, *ctx.conf)
     if torch.is_grad_enabled() and grad.requires_grad:
         # create_graph=True: give the gradient a node that raises if it is differentiated again.
         grad_input = _functions.DelayedError(_DOUBLE_BACKWARD, 1)(grad_input.detach().requires_grad_())
