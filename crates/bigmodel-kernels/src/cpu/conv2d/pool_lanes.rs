@@ -5,14 +5,15 @@
 //! windows of a pooled row and leave the rest to scalar code with branches: the seed CNN's rows
 //! are 13 and 5 windows wide, so most windows took the scalar tail, and the two were ~30% of its
 //! first layer's fused forward and backward. Here one pooled row of up to sixteen windows is two
-//! masked loads per input row, deinterleaved into even and odd columns by `vpermt2ps`; the
+//! loads per input row (masked only at a plane's end), deinterleaved into even and odd columns by
+//! `vpermt2ps`; the
 //! backward runs the same layout in reverse and writes both dense rows whole, so the plane needs
 //! no zero fill first and no element is read back.
 //!
 //! Both give the generic code's bits: the same selects in the same order forward, `0.0 + g` per
 //! window maximum backward. The backward declines (returns false before the caller's generic
 //! path redoes the plane) when an index lies outside its own window, which a forward never
-//! produces: the generic path then reports or accumulates it as before.
+//! produces: the generic path then reports it.
 
 /// Whether this CPU runs the lane kernels (the tests narrow `isa::active` to check the others).
 fn available() -> bool {
