@@ -47,7 +47,7 @@ pub fn relu_pool2(
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512 is available (checked above); `src` has the 2 * ph rows of w the kernel
     // reads and `o`, `ix` the ph * pw elements it writes (checked above), and offsets within
-    // a plane of 2 * ph * w < i32::MAX / 2 elements fit its i32 lanes.
+    // a full plane of (2 * ph + 1) * iw < i32::MAX / 2 elements fit its i32 lanes.
     unsafe {
         avx512::relu_pool2(src, add, w, iw, o, ix)
     };
