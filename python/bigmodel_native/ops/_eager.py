@@ -31,6 +31,15 @@ def skips_dispatcher(*tensors: Tensor | None) -> bool:
     return True
 
 
+def mark_auxiliary_outputs(ctx, *outputs: Tensor) -> None:
+    """Marks ``outputs`` (an op's indices or statistics) non-differentiable and turns off the
+    zero gradients autograd would otherwise fill in for them on every backward (an indices-sized
+    fill, and the page faults of its fresh memory): the op's backward then receives None for
+    those outputs, and for its first one when nothing flows back at all."""
+    ctx.mark_non_differentiable(*outputs)
+    ctx.set_materialize_grads(False)
+
+
 def plain_eager() -> bool:
     """Plain eager mode: not compiling, no dispatch mode, no functorch transform."""
     return not (_compiling() or _dispatch_modes() > 0 or _functorch_active())

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .. import _native
 from .._threads import get_num_threads
+from ._eager import mark_auxiliary_outputs
 from ._library import LIB
 
 _FWD = "sdpa_flash"
@@ -203,10 +204,7 @@ def _sdpa_flash_mask_backward_fake(grad_out, q, k, v, out, lse, mask, scale, is_
 def _setup_context(ctx, inputs, output) -> None:  # type: ignore[no-untyped-def]
     q, k, v, mask, scale, is_causal, dropout_p, seed = inputs
     out, lse = output
-    ctx.mark_non_differentiable(lse)
-    # Only the first output is differentiable: no zeros for the others' absent gradients (an
-    # indices-sized fill and its page faults on every backward otherwise).
-    ctx.set_materialize_grads(False)
+    mark_auxiliary_outputs(ctx, lse)
     ctx.save_for_backward(q, k, v, out, lse, mask)
     ctx.params = (scale, is_causal, dropout_p, seed)
 

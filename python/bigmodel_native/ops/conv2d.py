@@ -31,7 +31,7 @@ from torch._C import _functions
 
 from .. import _native
 from .._threads import get_num_threads
-from ._eager import eager_function, skips_dispatcher
+from ._eager import eager_function, mark_auxiliary_outputs, skips_dispatcher
 from ._library import LIB
 
 _NAME = "bigmodel_native::conv2d"
@@ -325,10 +325,7 @@ def _setup_context(ctx, inputs, output, relu: bool = False) -> None:
     input, weight, bias, stride, padding, dilation, groups = inputs
     ctx.pooled = isinstance(output, tuple)
     if ctx.pooled:  # the indices (with the ReLU's cuts) route the gradient
-        ctx.mark_non_differentiable(output[1])
-        # No zeros for the indices' absent gradient: an indices-sized fill (and its page
-        # faults) on every backward otherwise.
-        ctx.set_materialize_grads(False)
+        mark_auxiliary_outputs(ctx, output[1])
         ctx.save_for_backward(input, weight, output[1])
     elif relu:  # the output of a fused ReLU is its mask for the backward
         ctx.save_for_backward(input, weight, output)

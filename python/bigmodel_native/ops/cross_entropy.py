@@ -35,7 +35,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .. import _native
 from .._threads import get_num_threads
-from ._eager import PLAIN_TENSORS, plain_eager, skips_dispatcher
+from ._eager import PLAIN_TENSORS, mark_auxiliary_outputs, plain_eager, skips_dispatcher
 from ._library import LIB
 
 _FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -360,10 +360,7 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     ctx.save_for_backward(input, target, weight, lse, asum, total_weight)
     ctx.args = (reduction, ignore_index, label_smoothing)
     ctx.inplace = inplace
-    ctx.mark_non_differentiable(lse, asum, total_weight)
-    # Only the first output is differentiable: no zeros for the others' absent gradients (an
-    # indices-sized fill and its page faults on every backward otherwise).
-    ctx.set_materialize_grads(False)
+    mark_auxiliary_outputs(ctx, lse, asum, total_weight)
 
 
 _DOUBLE_BACKWARD = (

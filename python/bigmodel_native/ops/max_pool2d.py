@@ -25,7 +25,7 @@ from torch._C import _functions
 
 from .. import _native
 from .._threads import get_num_threads
-from ._eager import eager_function, skips_dispatcher
+from ._eager import eager_function, mark_auxiliary_outputs, skips_dispatcher
 from ._library import LIB
 
 _DOUBLE_BACKWARD = (
@@ -178,10 +178,7 @@ def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, 
 def _setup_context(ctx, inputs, output) -> None:
     input, *conf = inputs
     ctx.save_for_backward(input, output[1])
-    ctx.mark_non_differentiable(output[1])
-    # Only the first output is differentiable: no zeros for the others' absent gradients (an
-    # indices-sized fill and its page faults on every backward otherwise).
-    ctx.set_materialize_grads(False)
+    mark_auxiliary_outputs(ctx, output[1])
     ctx.conf = conf
 
 

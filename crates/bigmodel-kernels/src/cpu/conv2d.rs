@@ -267,9 +267,9 @@ crate::dispatch_isa! {
         // pooling of relu(conv + bias): each value is the stored activation's (rounded to E,
         // then the ReLU), and windows keep their first strict maximum unless a NaN comes,
         // exactly as `max_pool2d` does (`cpu::max_pool2d::take`). The index is the maximum's
-        // flat position in the full output plane (rows of `iw >= w`: see [`Pooling`]), or -1
-        // where the ReLU cuts the gradient (a maximum <= 0): all the backward needs, so that it
-        // keeps no activation.
+        // flat position in the full output plane (rows of `iw >= w`, see `cropped_for_pooling`),
+        // or -1 where the ReLU cuts the gradient (a maximum <= 0): all the backward needs, so
+        // that it keeps no activation.
         let pw = w / 2;
         if pw == 0 {
             return;
