@@ -34,6 +34,10 @@ def _unfused_pool(x, w, b, **kw):
     return max_pool2d(conv2d_relu(x, w, b, **kw), 2)
 
 
+def _torch_pool(x, w, b, **kw):
+    return F.max_pool2d(torch.relu(F.conv2d(x, w, b, **kw)), 2)
+
+
 @pytest.mark.parametrize("row", GRID, ids=_ids)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("pooled", [False, True], ids=["relu", "relu+pool"])
@@ -133,14 +137,7 @@ def test_torch_compile_fullgraph() -> None:
 def test_pooled_matches_torch(row) -> None:
     xs, ws, kw = row
     ours = _grads(conv2d_relu_max_pool2d, xs, ws, kw, torch.float64, bias=True)
-    ref = _grads(
-        lambda x, w, b, **k: F.max_pool2d(torch.relu(F.conv2d(x, w, b, **k)), 2),
-        xs,
-        ws,
-        kw,
-        torch.float64,
-        True,
-    )
+    ref = _grads(_torch_pool, xs, ws, kw, torch.float64, True)
     for got, want in zip(ours, ref, strict=True):
         torch.testing.assert_close(got, want)
 
@@ -200,3 +197,45 @@ def test_float16_keeps_torchs_negative_zero() -> None:
     x4 = torch.full((1, 1, 4, 4), 1e-4, dtype=torch.float16)
     pooled = conv2d_relu_max_pool2d(x4, w)
     assert torch.signbit(pooled).all() and torch.equal(pooled, max_pool2d(torch.relu(conv2d(x4, w)), 2))
+
+
+# Many input channels (>= 16): the pooled backward walks the window maxima alone, channels-last.
+MANY_CHANNELS = [
+    ((3, 32, 13, 13), (64, 32, 3, 3), {}),  # the seed CNN's second layer
+    ((2, 20, 9, 8), (6, 20, 3, 3), {"padding": (1, 0), "stride": (1, 2)}),
+    ((2, 17, 11, 10), (5, 17, 2, 3), {"dilation": 2, "padding": 2}),
+]
+
+
+@pytest.mark.parametrize("row", MANY_CHANNELS, ids=_ids)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_pooled_many_channels_matches_torch_and_the_unfused_ops(row, dtype) -> None:
+    xs, ws, kw = row
+    ours = _grads(conv2d_relu_max_pool2d, xs, ws, kw, dtype, bias=True)
+    plain = _grads(_unfused_pool, xs, ws, kw, dtype, bias=True)
+    ref = _grads(_torch_pool, xs, ws, kw, torch.float64, True)
+    assert torch.equal(ours[0], plain[0])
+    tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
+    for got, unfused, want in zip(ours, plain, ref, strict=True):
+        # The same sums as the dense backward less its zero terms, in another order.
+        torch.testing.assert_close(got, unfused, **tol)
+        if dtype != torch.bfloat16:  # (bf16 rounding moves maxima and ReLU cuts of the f64 run)
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_pooled_many_channels_gradcheck_and_bad_indices() -> None:
+    x, w, b = _inputs((2, 16, 6, 5), (3, 16, 3, 2), torch.float64)
+    fn = lambda x, w, b: conv2d_relu_max_pool2d(x, w, b, padding=1)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    conf = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    y, ix = OPS.conv2d_relu_max_pool2d(x.detach(), w.detach(), b.detach(), *conf)
+    args = (x.detach(), w.detach(), *conf, [True, True, True])
+    torch.library.opcheck(OPS.conv2d_relu_max_pool2d_backward, (torch.randn_like(y), ix, *args))
+    plane = 6 * 6  # the 6x6 convolution output the indices refer to
+    bad = ix.clone()
+    bad[1, 2, 0, 1] = plane
+    with pytest.raises(IndexError, match="outside a plane"):
+        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), bad, *args)
+    bad[1, 2, 0, 1] = 0  # inside the plane, in the first window rather than the second
+    with pytest.raises(IndexError, match="outside its 2x2 window"):
+        OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), bad, *args)

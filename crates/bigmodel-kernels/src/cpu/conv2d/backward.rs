@@ -118,6 +118,21 @@ where
         }
         return Ok(());
     }
+    if let Upstream::ReluPool2 { grad, indices } = up {
+        if super::pooled_backward::applies(p) {
+            return super::pooled_backward::pooled_backward(
+                p,
+                index_plane,
+                grad,
+                indices,
+                input,
+                weight,
+                gin,
+                gw,
+                gb,
+            );
+        }
+    }
     let threads = rayon::current_num_threads();
     let plan = Plan::new(p, threads, std::mem::size_of::<E::Acc>());
     let mut wbuf = Vec::new();
