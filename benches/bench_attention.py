@@ -60,10 +60,12 @@ def test_attention_ratio_floors(results: dict[str, CaseResult], prefix: str) -> 
 
 def test_causal_skips_tiles(threads: int) -> None:
     # Ours causal and ours full on one shape, interleaved in one run (so load changes hit both):
-    # half the score tiles are skipped, so causal must be clearly faster.
+    # half the score tiles are skipped, so causal must be clearly faster. The same code on both
+    # sides, so each side's fastest fifth is compared: a median of a few rounds on this noisy
+    # machine once put the ratio at 0.86 where it is about 0.6.
     case = attention.causal_skip_case()
-    r = time_case(case)
-    full, causal = r.results["full"].median_s, r.results["causal"].median_s
+    r = time_case(case, rounds=11)
+    full, causal = r.results["full"].p20_s, r.results["causal"].p20_s
     print(f"\ncausal / full (ours, {case.name}): {causal / full:.2f}")
     assert causal < 0.8 * full, f"causal {causal * 1e3:.1f} ms vs full {full * 1e3:.1f} ms"
 

@@ -1,12 +1,13 @@
 """Training throughput gate: S3 (CNN) and the S6 char-LM on bigmodel_native vs plain torch.
 
 Targets: S3 >= 2x plain torch, char-LM >= 1.3x. With every kernel ours (conv2d, max-pooling,
-cross-entropy, attention, Adam), S3 runs at 1.5-1.8x plain torch on the 2-core AMD EPYC (AVX-512)
+cross-entropy, attention, Adam), S3 runs at 2.2-3.3x plain torch on the 2-core AMD EPYC (AVX-512)
 and the char-LM at 1.5-1.76x (benches/results/train.json). What lifted S3 from 0.6-0.7x: our
 max-pooling (torch's NCHW one costs as much as a convolution), parking torch's OpenMP team during
 our calls (its workers otherwise spin on our cores for milliseconds after every torch op), the
-fused Conv2d-ReLU(-MaxPool2d) calls, faster conv GEMMs, and a pooled convolution that skips the
-row and column no window reads. The char-LM went from 1.2x to 1.6x when
+fused Conv2d-ReLU(-MaxPool2d) calls, faster conv GEMMs, a pooled convolution that skips the
+row and column no window reads (1.5-1.8x), and a pooled backward that walks only the window
+maxima of the second layer (2.2x and up). The char-LM went from 1.2x to 1.6x when
 attention's dropout mask was compiled per ISA. The floors are regression gates well under those
 ratios, with room for this noisy VM (losing the parking alone drops S3 to about 0.7x, a baseline
 dropout mask drops the char-LM to about 1.2x); the measured ratios and which building blocks were
@@ -21,7 +22,7 @@ import pytest
 from bigmodel_native.benchmarks import training
 from bigmodel_native.benchmarks.harness import OURS, CaseResult, format_table, time_case, write_json
 
-FLOORS = {"s3": 1.0, "lm": 1.15}
+FLOORS = {"s3": 1.3, "lm": 1.15}
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,14 @@
 Batch 64, 3x3 kernels, valid padding, with bias: the MNIST CNN's three layers (1->32 on 28x28,
 32->64 on 13x13, 64->64 on 5x5) and the CIFAR CNN's first two (3->32 on 32x32, 32->64 on 15x15).
 Each shape is timed forward only and forward+backward (and the first two MNIST layers also as
-conv + ReLU: ours fused in one call, torch's ``relu(F.conv2d)``); the backward computes all three
+conv + ReLU: ours fused in one call, torch's ``relu(F.conv2d)``; the layers the seed CNNs pool
+also as conv + ReLU + 2x2 max-pooling: ours :func:`conv2d_relu_max_pool2d`, torch's
+``max_pool2d(relu(F.conv2d))``, from a pooled grad_output); the backward computes all three
 gradients (input, weight, bias) from one fixed random grad_output through ``torch.autograd.grad``,
 as the torch anchors in the issue did (input requiring grad, so the first layers pay for their
-input gradient too). FLOP counts: 2*N*Cout*OH*OW*Cin*9 per pass, three passes for fwd+bwd.
+input gradient too). FLOP counts: 2*N*Cout*OH*OW*Cin*9 per pass, three passes for fwd+bwd (the
+pooled cases too, although ours does not form the pixels no window reads, and its backward for
+16+ input channels does a quarter of that work: only window maxima carry a gradient).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..ops import conv2d, conv2d_relu
+from ..ops import conv2d, conv2d_relu, conv2d_relu_max_pool2d
 from .harness import OURS, Case
 
 SUITE = "conv"
@@ -64,6 +68,14 @@ def _torch_conv_relu(x, w, b):
     return torch.relu(F.conv2d(x, w, b))
 
 
+#: Layers the seed CNNs pool, also timed as conv + ReLU + max_pool2d(2), fused on our side.
+POOL_SHAPES = ["1->32 28x28", "32->64 13x13", "3->32 32x32", "32->64 15x15"]
+
+
+def _torch_conv_relu_pool(x, w, b):
+    return F.max_pool2d(torch.relu(F.conv2d(x, w, b)), 2)
+
+
 def flops(c_in: int, c_out: int, hw: int) -> float:
     return 2.0 * BATCH * c_out * (hw - 2) ** 2 * c_in * 9
 
@@ -103,6 +115,22 @@ def cases(quick: bool = False) -> list[Case]:
                     {
                         OURS: _forward_backward(conv2d_relu, x, w, b, gy),
                         TORCH: _forward_backward(_torch_conv_relu, x, w, b, gy),
+                    },
+                    flops=3 * f,
+                    rounds=rounds,
+                )
+            )
+        if name in POOL_SHAPES:
+            gp = torch.randn(
+                BATCH, c_out, (hw - 2) // 2, (hw - 2) // 2, generator=torch.Generator().manual_seed(1)
+            )
+            out.append(
+                Case(
+                    SUITE,
+                    f"fwd+bwd conv+ReLU+pool {name}",
+                    {
+                        OURS: _forward_backward(conv2d_relu_max_pool2d, x, w, b, gp),
+                        TORCH: _forward_backward(_torch_conv_relu_pool, x, w, b, gp),
                     },
                     flops=3 * f,
                     rounds=rounds,
