@@ -239,3 +239,19 @@ def test_pooled_many_channels_gradcheck_and_bad_indices() -> None:
     bad[1, 2, 0, 1] = 0  # inside the plane, in the first window rather than the second
     with pytest.raises(IndexError, match="outside its 2x2 window"):
         OPS.conv2d_relu_max_pool2d_backward(torch.ones_like(y), bad, *args)
+
+
+def test_pooled_many_channels_non_finite_input_gives_the_dense_nans() -> None:
+    # 0 * inf is NaN: the dense backward (ours unfused, and torch's) multiplies the zero gradients
+    # of non-maximum pixels too, so an infinite input spreads NaN into the weight gradient. The
+    # entry-wise backward, which leaves those terms out, must step aside and give the same.
+    x, w, b = _inputs((2, 16, 8, 8), (4, 16, 3, 3), torch.float32)
+    x = x.detach().clone()
+    x[1, 3, 0, 7] = float("inf")
+    x.requires_grad_()
+    gy = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(2))
+    fused = torch.autograd.grad(conv2d_relu_max_pool2d(x, w, b), (x, w, b), gy)
+    plain = torch.autograd.grad(_unfused_pool(x, w, b), (x, w, b), gy)
+    assert fused[1].isnan().any()
+    for got, want in zip(fused, plain, strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True)

@@ -119,7 +119,8 @@ where
         return Ok(());
     }
     if let Upstream::ReluPool2 { grad, indices } = up {
-        if super::pooled_backward::applies(p) {
+        use super::pooled_backward::{all_finite, applies};
+        if applies(p) && all_finite(weight) && all_finite(input) {
             return super::pooled_backward::pooled_backward(
                 p,
                 index_plane,

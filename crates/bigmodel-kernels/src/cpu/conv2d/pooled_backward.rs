@@ -104,6 +104,34 @@ pub(super) fn applies(p: &Conv2dParams) -> bool {
     p.groups == 1 && p.c_in >= LANES && p.out[0] >= 2 && p.out[1] >= 2 && Layout::new(p).is_some()
 }
 
+/// Whether every element of `xs` is finite. The dense backward multiplies the zero gradients of
+/// non-maximum pixels too, and `0 * inf` is NaN: with an infinite or NaN input or weight its
+/// gradients (and torch's) hold NaNs that leaving out the zero terms would not produce, so such
+/// calls take the dense path.
+pub(super) fn all_finite<E: Element>(xs: &[E]) -> bool {
+    xs.par_chunks(1 << 14).all(|c| finite_chunk::<E>(c))
+}
+
+crate::dispatch_isa! {
+    fn finite_chunk<E: Element>(xs: &[E]) -> bool {
+        // 0 * x is 0 for a finite x and NaN otherwise; sixteen lanes so that it vectorises.
+        let zero = <E::Acc as Real>::ZERO;
+        let mut acc = [zero; LANES];
+        let mut chunks = xs.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c) {
+                let x = v.load();
+                *a = *a + zero * x;
+            }
+        }
+        for (a, v) in acc.iter_mut().zip(chunks.remainder()) {
+            let x = v.load();
+            *a = *a + zero * x;
+        }
+        acc.iter().all(|&a| a == zero)
+    }
+}
+
 /// The gradients of `conv2d_relu_pool2_forward` given the pooled gradient and its indices.
 /// `p` is cropped to the windows (`2 ph x 2 pw` output pixels), `index_plane` the full output
 /// plane the indices name positions in; the lengths were checked by the caller.
