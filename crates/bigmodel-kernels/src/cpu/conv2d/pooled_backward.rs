@@ -13,8 +13,10 @@
 //! so the arithmetic is a quarter of the dense one, and neither an unpooled gradient, nor a
 //! column matrix, nor col2im is formed. Both sums run over channels-last data, where the
 //! channels of a kernel row are contiguous (`kw * C` floats when the dilation is 1), cut into
-//! blocks of 16 lanes (a block may run past its segment: a 3-float kernel row of a 1-channel
-//! input is one block; the lanes past it are dropped, or read zeros of the weight).
+//! blocks of 16 lanes (a block may run past its segment: the 60-float kernel row of a 20-channel
+//! 3x3 layer is three whole blocks and one of 12 lanes, whose other 4 are read and dropped for the
+//! weight gradient, and masked off for the input gradient). [`applies`] says which layers take
+//! this path: the dense GEMM backward keeps the rest.
 //!
 //! One pass over the images, each task a fixed range of them: per image the input is copied
 //! channels-last and zero-padded (it stays in L1), and per output channel the surviving
