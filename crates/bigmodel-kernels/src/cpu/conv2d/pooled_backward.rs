@@ -33,6 +33,9 @@ use rayon::prelude::*;
 
 /// Lanes per block.
 const LANES: usize = 16;
+/// The largest padded image (elements) the entry-wise backward takes: 256 KiB of f32, L2-sized
+/// (the seed CNNs' pooled layers are 22-29 KiB).
+const MAX_IMAGE_ELEMS: usize = 64 << 10;
 /// Image tasks per thread: more than one lets a thread slowed by a neighbour shed work.
 const TASKS_PER_THREAD: usize = 2;
 
@@ -101,15 +104,17 @@ impl Layout {
 
 /// Whether [`pooled_backward`] serves these parameters (`p` cropped to the windows): one group,
 /// at least a block's worth of input channels (a 1-channel first layer fills 3 of a block's 16
-/// lanes, where the dense GEMM backward is faster), and an x86 CPU with AVX2 or AVX-512 (S3's
-/// second layer: 1.7 ms with AVX-512, 2.5 with AVX2, 29 in baseline code, against 3.2 dense).
+/// lanes, where the dense GEMM backward is faster), images whose channels-last copy stays near
+/// the core (the per-image design; the dense path blocks larger ones for the cache itself), and
+/// an x86 CPU with AVX2 or AVX-512 (S3's second layer: 1.7 ms with AVX-512, 2.5 with AVX2, 29
+/// in baseline code, against 3.2 dense).
 pub(super) fn applies(p: &Conv2dParams) -> bool {
     crate::isa::active() >= crate::isa::Isa::Avx2
         && p.groups == 1
         && p.c_in >= LANES
         && p.out[0] >= 2
         && p.out[1] >= 2
-        && Layout::new(p).is_some()
+        && Layout::new(p).is_some_and(|l| l.image_len() <= MAX_IMAGE_ELEMS)
 }
 
 /// Whether every element of `xs` is finite. The dense backward multiplies the zero gradients of

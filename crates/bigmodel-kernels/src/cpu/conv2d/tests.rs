@@ -457,11 +457,13 @@ fn timing_probe() {
 fn pooled_backward_gradients_alone_and_together() {
     let p = params(5, 24, (9, 8), 7, (3, 3), 1, [1, 1], [1, 1], [1, 0, 2, 1]);
     let cropped = cropped_for_pooling(&p);
-    // (Baseline x86 code and other targets keep the dense backward.)
+    // (Baseline x86 code and other targets keep the dense backward, as do large images.)
     assert_eq!(
         pooled_backward::applies(&cropped),
         isa::active() >= Isa::Avx2
     );
+    let large = params(1, 64, (66, 66), 8, (3, 3), 1, [1, 1], [1, 1], [0; 4]);
+    assert!(!pooled_backward::applies(&cropped_for_pooling(&large)));
     let x: Vec<f32> = data(p.input_len(), 3).iter().map(|&v| v as f32).collect();
     let w: Vec<f32> = data(p.weight_len(), 4)
         .iter()
