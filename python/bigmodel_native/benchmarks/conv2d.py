@@ -80,60 +80,29 @@ def flops(c_in: int, c_out: int, hw: int) -> float:
     return 2.0 * BATCH * c_out * (hw - 2) ** 2 * c_in * 9
 
 
+def _fwd_bwd_case(label: str, ours: Callable, theirs: Callable, xwb, grad, f: float, rounds: int) -> Case:
+    """Forward+backward of ours and torch's on the same tensors: three passes' FLOPs."""
+    runs = {OURS: _forward_backward(ours, *xwb, grad), TORCH: _forward_backward(theirs, *xwb, grad)}
+    return Case(SUITE, label, runs, flops=3 * f, rounds=rounds)
+
+
 def cases(quick: bool = False) -> list[Case]:
     rounds = 5 if quick else 15
     out = []
     for name, c_in, c_out, hw in SHAPES:
         x, w, b, gy = _tensors(c_in, c_out, hw)
         f = flops(c_in, c_out, hw)
-        out.append(
-            Case(
-                SUITE,
-                f"fwd {name}",
-                {OURS: _forward(conv2d, x, w, b), TORCH: _forward(F.conv2d, x, w, b)},
-                flops=f,
-                rounds=rounds,
-            )
-        )
-        out.append(
-            Case(
-                SUITE,
-                f"fwd+bwd {name}",
-                {
-                    OURS: _forward_backward(conv2d, x, w, b, gy),
-                    TORCH: _forward_backward(F.conv2d, x, w, b, gy),
-                },
-                flops=3 * f,
-                rounds=rounds,
-            )
-        )
+        forward = {OURS: _forward(conv2d, x, w, b), TORCH: _forward(F.conv2d, x, w, b)}
+        out.append(Case(SUITE, f"fwd {name}", forward, flops=f, rounds=rounds))
+        out.append(_fwd_bwd_case(f"fwd+bwd {name}", conv2d, F.conv2d, (x, w, b), gy, f, rounds))
         if name in RELU_SHAPES:
-            out.append(
-                Case(
-                    SUITE,
-                    f"fwd+bwd conv+ReLU {name}",
-                    {
-                        OURS: _forward_backward(conv2d_relu, x, w, b, gy),
-                        TORCH: _forward_backward(_torch_conv_relu, x, w, b, gy),
-                    },
-                    flops=3 * f,
-                    rounds=rounds,
-                )
-            )
+            label = f"fwd+bwd conv+ReLU {name}"
+            out.append(_fwd_bwd_case(label, conv2d_relu, _torch_conv_relu, (x, w, b), gy, f, rounds))
         if name in POOL_SHAPES:
-            gp = torch.randn(
-                BATCH, c_out, (hw - 2) // 2, (hw - 2) // 2, generator=torch.Generator().manual_seed(1)
-            )
+            pooled = (hw - 2) // 2
+            gp = torch.randn(BATCH, c_out, pooled, pooled, generator=torch.Generator().manual_seed(1))
+            label = f"fwd+bwd conv+ReLU+pool {name}"
             out.append(
-                Case(
-                    SUITE,
-                    f"fwd+bwd conv+ReLU+pool {name}",
-                    {
-                        OURS: _forward_backward(conv2d_relu_max_pool2d, x, w, b, gp),
-                        TORCH: _forward_backward(_torch_conv_relu_pool, x, w, b, gp),
-                    },
-                    flops=3 * f,
-                    rounds=rounds,
-                )
+                _fwd_bwd_case(label, conv2d_relu_max_pool2d, _torch_conv_relu_pool, (x, w, b), gp, f, rounds)
             )
     return out

@@ -39,6 +39,17 @@ const MAX_IMAGE_ELEMS: usize = 64 << 10;
 /// Image tasks per thread: more than one lets a thread slowed by a neighbour shed work.
 const TASKS_PER_THREAD: usize = 2;
 
+/// One block of a weight-gradient row.
+#[derive(Clone, Copy)]
+struct Block {
+    /// Offset in an image copy from a patch's top-left tap.
+    at: usize,
+    /// Offset in the channels-last row (`(ki * kw + kj) * C + ci`).
+    row_at: usize,
+    /// Lanes that belong to the row (the rest run past its segment).
+    lanes: usize,
+}
+
 /// Where each part of the backward reads and writes, in the padded channels-last layout.
 struct Layout {
     c: usize,
@@ -52,9 +63,8 @@ struct Layout {
     pooled: usize,
     /// Offset in an image copy of each output pixel's patch (its top-left tap).
     patch_at: Vec<usize>,
-    /// The blocks of one weight-gradient row: offset in the patch, offset in the
-    /// channels-last row (`(ki * kw + kj) * C + ci`), lanes that belong to the row.
-    blocks: Vec<(usize, usize, usize)>,
+    /// The blocks of one weight-gradient row, in order.
+    blocks: Vec<Block>,
 }
 
 impl Layout {
@@ -72,7 +82,11 @@ impl Layout {
         let mut blocks = Vec::new();
         let mut segment = |at: usize, row_at: usize, len: usize| {
             for s in (0..len).step_by(LANES) {
-                blocks.push((at + s, row_at + s, LANES.min(len - s)));
+                blocks.push(Block {
+                    at: at + s,
+                    row_at: row_at + s,
+                    lanes: LANES.min(len - s),
+                });
             }
         };
         for ki in 0..p.kh {
@@ -95,6 +109,11 @@ impl Layout {
             patch_at,
             blocks,
         })
+    }
+
+    /// Elements of a row in the block layout.
+    fn row_len(&self) -> usize {
+        self.blocks.len() * LANES
     }
 
     fn image_len(&self) -> usize {
@@ -167,7 +186,7 @@ where
         Error::Value("conv2d: input plane too large for the pooled backward".into())
     })?;
     let zero = <E::Acc as Real>::ZERO;
-    let row_len = l.blocks.len() * LANES;
+    let row_len = l.row_len();
     let threads = rayon::current_num_threads().max(1);
     let ntasks = (TASKS_PER_THREAD * threads).min(p.batch).max(1);
     let (wlen, blen) = (
@@ -188,23 +207,21 @@ where
         let (wt, partials) = buf.split_at_mut(wt_len);
         weight_rows(&l, weight, wt);
         partials.fill(zero);
+        // Task t: images [t * batch / ntasks, (t + 1) * batch / ntasks), their slice of
+        // grad_input (none when not wanted) and one partial (none when neither is wanted).
         let mut rest_in: &mut [E] = grad_input.unwrap_or(&mut []);
+        let mut parts = partials.chunks_mut((wlen + blen).max(1));
         let mut tasks = Vec::with_capacity(ntasks);
-        for (t, part) in partials
-            .chunks_mut((wlen + blen).max(1))
-            .chain(std::iter::repeat_with(|| &mut [][..]))
-            .take(ntasks)
-            .enumerate()
-        {
-            let (n0, n1) = (t * p.batch / ntasks, (t + 1) * p.batch / ntasks);
+        for t in 0..ntasks {
+            let images = t * p.batch / ntasks..(t + 1) * p.batch / ntasks;
             let take = if rest_in.is_empty() {
                 0
             } else {
-                (n1 - n0) * img
+                images.len() * img
             };
             let (mine, r) = std::mem::take(&mut rest_in).split_at_mut(take);
             rest_in = r;
-            tasks.push((n0..n1, mine, part));
+            tasks.push((images, mine, parts.next().unwrap_or_default()));
         }
         let job = Job {
             p,
@@ -243,7 +260,7 @@ where
 /// The weight in the block layout the input gradient reads: row `co` holds block `b`'s lanes at
 /// `b * LANES`, zeros past each block's own lanes.
 fn weight_rows<E: Element>(l: &Layout, weight: &[E], wt: &mut [E::Acc]) {
-    let row_len = l.blocks.len() * LANES;
+    let row_len = l.row_len();
     let taps = l.kh * l.kw;
     for (co, row) in wt.chunks_exact_mut(row_len).enumerate() {
         row.fill(<E::Acc as Real>::ZERO);
@@ -254,7 +271,7 @@ fn weight_rows<E: Element>(l: &Layout, weight: &[E], wt: &mut [E::Acc]) {
 
 /// The summed weight gradient, in the block layout, back to torch's `(co, ci, ki, kj)`.
 fn store_weight_gradient<E: Element>(l: &Layout, sum: &[E::Acc], gw: &mut [E]) {
-    let row_len = l.blocks.len() * LANES;
+    let row_len = l.row_len();
     let taps = l.kh * l.kw;
     for (row, out) in sum
         .chunks_exact(row_len)
@@ -267,9 +284,9 @@ fn store_weight_gradient<E: Element>(l: &Layout, sum: &[E::Acc], gw: &mut [E]) {
 /// Calls `f(i, ci, tap)` for each lane `i` of a block-layout row that belongs to its block:
 /// channel `ci` of kernel tap `tap` (without a division per lane).
 fn for_each_lane(l: &Layout, mut f: impl FnMut(usize, usize, usize)) {
-    for (b, &(_, at, lanes)) in l.blocks.iter().enumerate() {
-        let (mut tap, mut ci) = (at / l.c, at % l.c);
-        for lane in 0..lanes {
+    for (b, block) in l.blocks.iter().enumerate() {
+        let (mut tap, mut ci) = (block.row_at / l.c, block.row_at % l.c);
+        for lane in 0..block.lanes {
             f(b * LANES + lane, ci, tap);
             ci += 1;
             if ci == l.c {
@@ -299,11 +316,8 @@ impl<E: Element> Job<'_, E> {
     fn run(&self, images: std::ops::Range<usize>, gi: &mut [E], part: &mut [E::Acc]) -> Result<()> {
         let (p, l) = (self.p, self.l);
         let zero = <E::Acc as Real>::ZERO;
-        let row_len = l.blocks.len() * LANES;
+        let row_len = l.row_len();
         let (pw, pb) = part.split_at_mut(self.wlen);
-        let offs: Vec<usize> = l.blocks.iter().map(|b| b.0).collect();
-        let blocks: Vec<(usize, usize)> =
-            l.blocks.iter().map(|&(at, _, lanes)| (at, lanes)).collect();
         // The image and its gradient, channels-last and padded, followed by the lanes a last
         // block may reach past them.
         let mut x = vec![zero; l.image_len() + LANES];
@@ -334,14 +348,14 @@ impl<E: Element> Job<'_, E> {
                 if self.wlen > 0 {
                     sparse_rows::<E::Acc>(
                         &mut pw[co * row_len..(co + 1) * row_len],
-                        &offs,
+                        &l.blocks,
                         &list,
                         &x,
                     );
                 }
                 if !dx.is_empty() {
                     let w = &self.wt[co * row_len..(co + 1) * row_len];
-                    scatter_rows::<E::Acc>(&mut dx, &blocks, w, &list);
+                    scatter_rows::<E::Acc>(&mut dx, &l.blocks, w, &list);
                 }
             }
             if !dx.is_empty() {
@@ -437,43 +451,32 @@ fn window_error(j: i64, plane: usize, q: usize, pw: usize) -> Error {
     }
 }
 
-/// `out[b] += sum over (g, at) of list: g * m[at + offs[b]..][..LANES]`, for each block `b` of
+/// `out[b] += sum over (g, at) of list: g * m[at + blocks[b].at..][..LANES]`, for each block `b` of
 /// `LANES` lanes: the weight gradient's kernel (the entries' patches of an image, scaled and
 /// summed). An entry whose blocks would pass the end of `m` adds nothing (callers rule it out).
-fn sparse_rows<A: Real>(out: &mut [A], offs: &[usize], list: &[(A, usize)], m: &[A]) {
+fn sparse_rows<A: Real>(out: &mut [A], blocks: &[Block], list: &[(A, usize)], m: &[A]) {
     #[cfg(target_arch = "x86_64")]
     if crate::isa::active() == crate::isa::Isa::Avx512 {
         if let (Some(o), Some(l), Some(m)) = (
             super::same_mut::<A, f32>(out),
-            same_pairs::<A>(list),
+            super::same::<(A, usize), (f32, usize)>(list),
             super::same::<A, f32>(m),
         ) {
             // SAFETY: `active()` reports AVX-512 only where the CPU has it.
-            unsafe { lanes::sparse_rows(o, offs, l, m) };
+            unsafe { lanes::sparse_rows(o, blocks, l, m) };
             return;
         }
     }
-    sparse_rows_any::<A>(out, offs, list, m);
-}
-
-/// `list` as f32 pairs when `A` is f32.
-fn same_pairs<A: 'static>(list: &[(A, usize)]) -> Option<&[(f32, usize)]> {
-    if std::any::TypeId::of::<A>() == std::any::TypeId::of::<f32>() {
-        // SAFETY: `A` is f32, so both slices have the same element type and layout.
-        Some(unsafe {
-            std::slice::from_raw_parts(list.as_ptr() as *const (f32, usize), list.len())
-        })
-    } else {
-        None
-    }
+    sparse_rows_any::<A>(out, blocks, list, m);
 }
 
 crate::dispatch_isa! {
-    fn sparse_rows_any<A: Real>(out: &mut [A], offs: &[usize], list: &[(A, usize)], m: &[A]) {
+    fn sparse_rows_any<A: Real>(out: &mut [A], blocks: &[Block], list: &[(A, usize)], m: &[A]) {
         // One block of lanes at a time, in four chains of additions (one chain is bound by the
         // addition's latency). Several blocks per pass were vectorised across the blocks, into
         // gathers and scatters; `lanes::sparse_rows` keeps them in registers by hand.
-        for (&o, out) in offs.iter().zip(out.chunks_exact_mut(LANES)) {
+        for (block, out) in blocks.iter().zip(out.chunks_exact_mut(LANES)) {
+            let o = block.at;
             let mut sums = [[A::ZERO; LANES]; 4];
             let mut quads = list.chunks_exact(4);
             for quad in &mut quads {
@@ -503,8 +506,25 @@ fn add_scaled<A: Real>(r: &mut [A; LANES], g: A, src: Option<&[A]>) {
 
 #[cfg(target_arch = "x86_64")]
 mod lanes {
-    use super::LANES;
+    use super::{Block, LANES};
     use std::arch::x86_64::*;
+
+    /// Calls `$group::<B>($bs, $rest...)` with `B = $bs.len()` (1 to 8) as a constant, so that
+    /// the group's blocks are registers.
+    macro_rules! by_blocks {
+        ($group:ident, $bs:expr, $($rest:expr),*) => {
+            match $bs.len() {
+                1 => $group::<1>($bs, $($rest),*),
+                2 => $group::<2>($bs, $($rest),*),
+                3 => $group::<3>($bs, $($rest),*),
+                4 => $group::<4>($bs, $($rest),*),
+                5 => $group::<5>($bs, $($rest),*),
+                6 => $group::<6>($bs, $($rest),*),
+                7 => $group::<7>($bs, $($rest),*),
+                _ => $group::<8>($bs, $($rest),*),
+            }
+        };
+    }
 
     /// `super::sparse_rows` for f32 on AVX-512: up to eight blocks per pass over the list, each
     /// a register, so an entry's gradient and address are loaded once for eight FMAs.
@@ -512,18 +532,9 @@ mod lanes {
     /// # Safety
     /// The CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn sparse_rows(out: &mut [f32], offs: &[usize], list: &[(f32, usize)], m: &[f32]) {
-        for (o, out) in offs.chunks(8).zip(out.chunks_mut(8 * LANES)) {
-            match o.len() {
-                1 => group::<1>(out, o, list, m),
-                2 => group::<2>(out, o, list, m),
-                3 => group::<3>(out, o, list, m),
-                4 => group::<4>(out, o, list, m),
-                5 => group::<5>(out, o, list, m),
-                6 => group::<6>(out, o, list, m),
-                7 => group::<7>(out, o, list, m),
-                _ => group::<8>(out, o, list, m),
-            }
+    pub unsafe fn sparse_rows(out: &mut [f32], blocks: &[Block], list: &[(f32, usize)], m: &[f32]) {
+        for (bs, out) in blocks.chunks(8).zip(out.chunks_mut(8 * LANES)) {
+            by_blocks!(group, bs, out, list, m);
         }
     }
 
@@ -536,39 +547,30 @@ mod lanes {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn scatter_rows(
         image: &mut [f32],
-        blocks: &[(usize, usize)],
+        blocks: &[Block],
         row: &[f32],
         list: &[(f32, usize)],
     ) {
         for (bs, w) in blocks.chunks(8).zip(row.chunks(8 * LANES)) {
-            match bs.len() {
-                1 => scatter_group::<1>(image, bs, w, list),
-                2 => scatter_group::<2>(image, bs, w, list),
-                3 => scatter_group::<3>(image, bs, w, list),
-                4 => scatter_group::<4>(image, bs, w, list),
-                5 => scatter_group::<5>(image, bs, w, list),
-                6 => scatter_group::<6>(image, bs, w, list),
-                7 => scatter_group::<7>(image, bs, w, list),
-                _ => scatter_group::<8>(image, bs, w, list),
-            }
+            by_blocks!(scatter_group, bs, image, w, list);
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn scatter_group<const B: usize>(
+        blocks: &[Block],
         image: &mut [f32],
-        blocks: &[(usize, usize)],
         row: &[f32],
         list: &[(f32, usize)],
     ) {
         if row.len() < B * LANES {
             return; // the caller passes B whole blocks of the row
         }
-        let at: [usize; B] = std::array::from_fn(|b| blocks[b].0);
+        let at: [usize; B] = std::array::from_fn(|b| blocks[b].at);
         let mask: [__mmask16; B] =
-            std::array::from_fn(|b| ((1u32 << blocks[b].1.min(LANES)) - 1) as __mmask16);
-        let full = blocks[..B].iter().all(|&(_, lanes)| lanes == LANES);
+            std::array::from_fn(|b| ((1u32 << blocks[b].lanes.min(LANES)) - 1) as __mmask16);
+        let full = blocks[..B].iter().all(|b| b.lanes == LANES);
         // SAFETY: `row` holds at least B * LANES f32 (checked above).
         let w: [__m512; B] =
             std::array::from_fn(|b| unsafe { _mm512_loadu_ps(row.as_ptr().add(b * LANES)) });
@@ -600,8 +602,8 @@ mod lanes {
     /// give the FMAs independent chains.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn group<const B: usize>(out: &mut [f32], offs: &[usize], list: &[(f32, usize)], m: &[f32]) {
-        let at: [usize; B] = std::array::from_fn(|b| offs[b]);
+    fn group<const B: usize>(blocks: &[Block], out: &mut [f32], list: &[(f32, usize)], m: &[f32]) {
+        let at: [usize; B] = std::array::from_fn(|b| blocks[b].at);
         let span = at.iter().max().map_or(0, |&a| a + LANES);
         let mut even = [_mm512_setzero_ps(); B];
         let mut odd = [_mm512_setzero_ps(); B];
@@ -643,21 +645,16 @@ mod lanes {
     }
 }
 
-/// `image[at + blocks[b].0..][..blocks[b].1] += g * row[b * LANES..][..blocks[b].1]` for every
+/// `image[at + blocks[b].at..][..lanes] += g * row[b * LANES..][..lanes]` (`blocks[b].lanes`) for every
 /// `(g, at)` of `list` and every block `b`. An entry whose blocks would pass the end of `image`
 /// adds nothing (callers rule it out).
-fn scatter_rows<A: Real>(
-    image: &mut [A],
-    blocks: &[(usize, usize)],
-    row: &[A],
-    list: &[(A, usize)],
-) {
+fn scatter_rows<A: Real>(image: &mut [A], blocks: &[Block], row: &[A], list: &[(A, usize)]) {
     #[cfg(target_arch = "x86_64")]
     if crate::isa::active() == crate::isa::Isa::Avx512 {
         if let (Some(i), Some(r), Some(l)) = (
             super::same_mut::<A, f32>(image),
             super::same::<A, f32>(row),
-            same_pairs::<A>(list),
+            super::same::<(A, usize), (f32, usize)>(list),
         ) {
             // SAFETY: `active()` reports AVX-512 only where the CPU has it.
             unsafe { lanes::scatter_rows(i, blocks, r, l) };
@@ -668,10 +665,11 @@ fn scatter_rows<A: Real>(
 }
 
 crate::dispatch_isa! {
-    fn scatter_rows_any<A: Real>(image: &mut [A], blocks: &[(usize, usize)], row: &[A], list: &[(A, usize)]) {
+    fn scatter_rows_any<A: Real>(image: &mut [A], blocks: &[Block], row: &[A], list: &[(A, usize)]) {
         for &(g, base) in list {
-            for (&(at, lanes), w) in blocks.iter().zip(row.chunks_exact(LANES)) {
-                if let Some(dst) = image.get_mut(base + at..base + at + lanes) {
+            for (block, w) in blocks.iter().zip(row.chunks_exact(LANES)) {
+                let at = base + block.at;
+                if let Some(dst) = image.get_mut(at..at + block.lanes) {
                     for (d, &v) in dst.iter_mut().zip(w) {
                         *d = *d + g * v;
                     }
