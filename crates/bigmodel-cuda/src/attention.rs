@@ -574,7 +574,7 @@ mod tests {
                 .trim_end_matches("64")
                 .trim_end_matches("128")
                 .to_string();
-            assert!(src.contains(&format!("{stem}")), "{k} has no entry point");
+            assert!(src.contains(&stem), "{k} has no entry point");
         }
     }
 

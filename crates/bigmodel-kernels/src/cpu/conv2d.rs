@@ -28,6 +28,7 @@ mod im2col;
 mod matmul;
 mod pool_lanes;
 mod pooled_backward;
+mod row_col2im;
 mod tiny_plane;
 
 pub use im2col::{col2im, im2col, Geom};

@@ -7,7 +7,7 @@
 //! kernel tap is computed up front, so the inner loops carry no bounds branches and the
 //! stride-1 case is a plain copy that vectorises.
 
-use super::tiny_plane;
+use super::{row_col2im, tiny_plane};
 use super::{same, same_mut};
 use crate::element::{Element, Real};
 
@@ -341,7 +341,9 @@ pub fn col2im<A: Real>(
 ) {
     debug_assert!(nbk * g.p() <= ld && col.len() >= g.k() * ld);
     if let (Some(col), Some(dst)) = (same::<A, f32>(col), same_mut::<A, f32>(dst)) {
-        if tiny_plane::col2im(g, col, ld, nbk, img, dst) {
+        if tiny_plane::col2im(g, col, ld, nbk, img, dst)
+            || row_col2im::col2im(g, col, ld, nbk, img, dst)
+        {
             return;
         }
     }
@@ -352,6 +354,7 @@ pub fn col2im<A: Real>(
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn geom(
         h: usize,
         w: usize,

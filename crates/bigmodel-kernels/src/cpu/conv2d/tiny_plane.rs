@@ -74,12 +74,19 @@ fn low_lanes(n: usize) -> u16 {
 }
 
 /// Whether this CPU runs the permute kernels (the tests narrow `isa::active` to check the others).
-fn available() -> bool {
+pub(super) fn available() -> bool {
     cfg!(target_arch = "x86_64") && crate::isa::active() == crate::isa::Isa::Avx512
 }
 
 /// The bounds every plane access and column-row access of `nbk` images stays within.
-fn fits(g: &Geom, src_len: usize, img: usize, nbk: usize, col_len: usize, ld: usize) -> bool {
+pub(super) fn fits(
+    g: &Geom,
+    src_len: usize,
+    img: usize,
+    nbk: usize,
+    col_len: usize,
+    ld: usize,
+) -> bool {
     let (hw, p) = (g.h * g.w, g.p());
     if nbk == 0 || g.k() == 0 || nbk * p > ld {
         return false;
