@@ -73,7 +73,7 @@ def test_head_dims(d):
     _compare((1, 2, 37, d), (1, 2, 45, d), (1, 2, 45, d))
 
 
-@pytest.mark.parametrize("lq,s", [(70, 70), (130, 70), (40, 200), (1, 5), (200, 700)])
+@pytest.mark.parametrize("lq,s", [(70, 70), (130, 70), (40, 200), (1, 5), (200, 700), (1100, 1050)])
 def test_causal_alignment(lq, s):
     _compare((1, 2, lq, 16), (1, 2, s, 16), (1, 2, s, 16), is_causal=True)
 

@@ -4,7 +4,7 @@
 //! `Delta_i = rowsum(dO_i * O_i)` first (one pass over the output). Then one rayon task per
 //! (batch, key/value head, chunk of keys) owns the dK/dV rows of its chunk; for each key tile it
 //! walks every query head of its group and every query tile that can see the tile (causal:
-//! the tiles at or below the diagonal only) and accumulates, with `P = 2^(S - lse log2 e)`:
+//! the rows from the key tile's first one on) and accumulates, with `P = 2^(S - lse log2 e)`:
 //! `dV += dropout(P)^T dO`, `dP = dropout'(dO V^T)`, `dS = P (dP - Delta)`,
 //! `dK += scale dS^T Q` in the task's buffers and `dQ += scale dS K` in the task's own fp32/fp64
 //! dQ partial (one per query head of the group, O(L D) each). The partials of a head's chunks
@@ -202,8 +202,9 @@ fn key_chunk<T: AttnElement>(
         let vt = view(&x.v[v_off..v_off + cols * dv], &mut sc.v);
         sc.dk.fill(zero);
         sc.dv.fill(zero);
-        // Causal: query rows before col0 see none of these keys; skip whole tiles above.
-        let first_row = if plan.causal { (col0 / br) * br } else { 0 };
+        // Causal: query rows before col0 see none of these keys, so the query tiles start at
+        // col0 itself (any row can start a tile; only the first one meets the diagonal).
+        let first_row = if plan.causal { col0.min(lq) } else { 0 };
         for gi in 0..group {
             let h = hk * group + gi;
             let bh = b * sh.heads_q + h;
