@@ -18,6 +18,8 @@
 
 mod backward;
 mod forward;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod tile;
 
 pub use tile::{Acc, AttnElement};

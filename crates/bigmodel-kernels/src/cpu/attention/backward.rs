@@ -333,7 +333,9 @@ dispatch_isa! {
                 row.fill(R::ZERO);
             } else {
                 let l2 = lse[r] * log2e;
-                row.iter_mut().for_each(|x| *x = R::exp2(*x - l2));
+                if !R::exp2_sub_simd(row, l2) {
+                    row.iter_mut().for_each(|x| *x = R::exp2(*x - l2));
+                }
             }
         }
     }

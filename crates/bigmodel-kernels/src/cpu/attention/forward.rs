@@ -184,6 +184,9 @@ dispatch_isa! {
         dv: usize,
     ) {
         fix_scores(s, rs, rows, cols, fix);
+        if R::softmax_rows_simd(s, rs, rows, cols, m, l, o, dv) {
+            return;
+        }
         for r in 0..rows {
             let row = &mut s[r * rs..r * rs + cols];
             let m_new = row_max(row).max_nan(m[r]);

@@ -14,6 +14,18 @@ use half::{bf16, f16};
 /// log2(e): scores are kept in base 2 so that the softmax needs `exp2` only.
 pub const LOG2E: f64 = std::f64::consts::LOG2_E;
 
+/// Coefficients of the degree-6 Taylor polynomial for 2^f, |f| <= 1/2, lowest first (relative
+/// error below 2e-7), shared by the generic f32 `exp2` and the AVX-512 one (`super::simd`).
+pub const EXP2_POLY_F32: [f32; 7] = [
+    1.0,
+    std::f32::consts::LN_2,
+    0.240_226_5,
+    0.055_504_11,
+    0.009_618_129,
+    0.001_333_355_8,
+    0.000_154_035_3,
+];
+
 /// The arithmetic types of the kernel: f32 and f64, with the `exp2` the softmax uses.
 pub trait Acc: Real + ComplexField + Default {
     const NEG_INF: Self;
@@ -21,6 +33,28 @@ pub trait Acc: Real + ComplexField + Default {
     fn exp2(x: Self) -> Self;
     fn log2(x: Self) -> Self;
     fn is_neg_inf(self) -> bool;
+
+    /// The forward's online-softmax update of a tile's rows (see `forward::softmax_step`) by
+    /// hand-written SIMD, where this type and CPU have one; false, having done nothing, where not.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_rows_simd(
+        _s: &mut [Self],
+        _rs: usize,
+        _rows: usize,
+        _cols: usize,
+        _m: &mut [Self],
+        _l: &mut [Self],
+        _o: &mut [Self],
+        _dv: usize,
+    ) -> bool {
+        false
+    }
+
+    /// `row[i] = 2^(row[i] - sub)` by hand-written SIMD, where this type and CPU have one; false,
+    /// having done nothing, where not.
+    fn exp2_sub_simd(_row: &mut [Self], _sub: Self) -> bool {
+        false
+    }
 }
 
 impl Acc for f32 {
@@ -39,15 +73,7 @@ impl Acc for f32 {
         let t = x + MAGIC;
         let n = t - MAGIC;
         let f = x - n;
-        const C: [f32; 7] = [
-            1.0,
-            std::f32::consts::LN_2,
-            0.240_226_5,
-            0.055_504_11,
-            0.009_618_129,
-            0.001_333_355_8,
-            0.000_154_035_3,
-        ];
+        const C: [f32; 7] = EXP2_POLY_F32;
         let p = C[6];
         let p = p.mul_add(f, C[5]);
         let p = p.mul_add(f, C[4]);
@@ -65,6 +91,37 @@ impl Acc for f32 {
     #[inline(always)]
     fn is_neg_inf(self) -> bool {
         self == f32::NEG_INFINITY
+    }
+
+    fn softmax_rows_simd(
+        s: &mut [f32],
+        rs: usize,
+        rows: usize,
+        cols: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        o: &mut [f32],
+        dv: usize,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::available() {
+            // SAFETY: available() checked that this CPU runs AVX-512F.
+            unsafe { super::simd::softmax_rows(s, rs, rows, cols, m, l, o, dv) };
+            return true;
+        }
+        let _ = (s, rs, rows, cols, m, l, o, dv);
+        false
+    }
+
+    fn exp2_sub_simd(row: &mut [f32], sub: f32) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::available() {
+            // SAFETY: as above.
+            unsafe { super::simd::exp2_sub(row, sub) };
+            return true;
+        }
+        let _ = (row, sub);
+        false
     }
 }
 
