@@ -38,10 +38,11 @@ pub const BLOCK_Q: usize = 512;
 pub const BLOCK_KV: usize = 64;
 /// Forward tiles: wide key tiles amortise each gemm call's packing. Measured on the 2-core
 /// Xeon (CPU time, 8x8x512x64 and 2x8x2048x64, causal and not): 128 x 512 beat 64 x 64 by up
-/// to 1.5x. On the EPYC (Zen 4), interleaved medians, 64 rows instead of 128 halve the masked
-/// triangle a causal tile computes: causal 8x8x512x64 forward 17.8 -> 16.1 ms, the char-LM's
-/// 32x8x128x16 4.0 -> 3.5 ms, non-causal and 4x8x2048x64 unchanged (32 rows lost 7% non-causal).
-const FWD_BLOCK_Q: usize = 64;
+/// to 1.5x. Under a causal mask the key tile on the diagonal is taken in 64-row bands (see
+/// `forward::query_tile`), which on the EPYC (Zen 4) measured like 64-row tiles there (causal
+/// 8x8x512x64 forward 17.8 -> 16.1 ms, the char-LM's 32x8x128x16 4.0 -> 3.5 ms) while the
+/// other key tiles keep their packing shared by 128 rows.
+const FWD_BLOCK_Q: usize = 128;
 const FWD_BLOCK_KV: usize = 512;
 
 /// Sizes of one call; every tensor is contiguous in the layout of the module docs.

@@ -47,15 +47,34 @@ pub(super) fn run<T: AttnElement>(
         });
 }
 
-/// Per-task buffers, all in the arithmetic type.
+/// Rows of a causal query tile's diagonal key tile computed together (see `query_tile`).
+const CAUSAL_BAND: usize = 64;
+
+/// Per-task buffers: bf16/fp16 tiles converted to the arithmetic type, and the running state.
 struct Scratch<R> {
     q: Vec<R>,
     k: Vec<R>,
     v: Vec<R>,
+    state: State<R>,
+}
+
+/// What a query tile carries from key tile to key tile: the score tile (row stride `bc`) and per
+/// row the running maximum `m`, sum `l` and unnormalised output `o` (row stride `dv`).
+struct State<R> {
     s: Vec<R>,
     o: Vec<R>,
     m: Vec<R>,
     l: Vec<R>,
+    bc: usize,
+    dv: usize,
+}
+
+/// Rows `rows` of a query tile, the first of them query `row0`, against keys `col0..col0 + cols`.
+struct Band {
+    rows: std::ops::Range<usize>,
+    row0: usize,
+    col0: usize,
+    cols: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -79,10 +98,14 @@ fn query_tile<T: AttnElement>(
         q: Vec::new(),
         k: Vec::new(),
         v: Vec::new(),
-        s: vec![T::Acc::ZERO; rows * bc],
-        o: vec![T::Acc::ZERO; rows * dv],
-        m: vec![T::Acc::NEG_INF; rows],
-        l: vec![T::Acc::ZERO; rows],
+        state: State {
+            s: vec![T::Acc::ZERO; rows * bc],
+            o: vec![T::Acc::ZERO; rows * dv],
+            m: vec![T::Acc::NEG_INF; rows],
+            l: vec![T::Acc::ZERO; rows],
+            bc,
+            dv,
+        },
     };
     let q_off = (bh * sh.len_q + row0) * d;
     let mut q_conv = std::mem::take(&mut sc.q);
@@ -96,62 +119,62 @@ fn query_tile<T: AttnElement>(
         sh.len_kv
     };
     let head_mask = plan.mask.head(b, h);
+    let mask_scale = T::Acc::from_f64(super::tile::LOG2E);
     let mut col0 = 0;
     while col0 < kv_end {
         let cols = bc.min(kv_end - col0);
         let k_off = (bhk * sh.len_kv + col0) * d;
         let kt = view(&k[k_off..k_off + cols * d], &mut sc.k);
-        // S = beta * Q K^T, K^T read through swapped strides.
-        matmul(
-            (rows, cols, d),
-            &mut sc.s,
-            bc,
-            false,
-            qt,
-            (d, 1),
-            kt,
-            (1, d),
-            beta,
-        );
-        let fix = TileFix {
-            mask: head_mask,
-            mask_scale: T::Acc::from_f64(super::tile::LOG2E),
-            causal: plan.causal,
-            row0,
-            col0,
-        };
-        softmax_step::<T::Acc>(
-            &mut sc.s, bc, rows, cols, &fix, &mut sc.m, &mut sc.l, &mut sc.o, dv,
-        );
-        if let Some(drop) = plan.dropout {
-            for r in 0..rows {
-                drop.apply(
-                    &mut sc.s[r * bc..r * bc + cols],
-                    bh,
-                    row0 + r,
-                    col0,
-                    inv_keep,
-                );
-            }
-        }
         let v_off = (bhk * sh.len_kv + col0) * dv;
         let vt = view(&v[v_off..v_off + cols * dv], &mut sc.v);
-        matmul(
-            (rows, dv, cols),
-            &mut sc.o,
-            dv,
-            true,
-            &sc.s,
-            (bc, 1),
-            vt,
-            (dv, 1),
-            T::Acc::ONE,
-        );
+        // Causal: the key tile that meets the diagonal is taken in bands of CAUSAL_BAND rows,
+        // each against only the keys its last row sees, so the masked triangle computed there
+        // is a band wide rather than the query tile's height (which stays large so that the
+        // other key tiles' packing is shared by many rows).
+        let banded = plan.causal && col0 + cols == kv_end;
+        let mut r0 = 0;
+        while r0 < rows {
+            let (r1, seen) = if banded {
+                let r1 = (r0 + CAUSAL_BAND).min(rows);
+                (r1, cols.min((row0 + r1).saturating_sub(col0)))
+            } else {
+                (rows, cols)
+            };
+            if seen > 0 {
+                let band = Band {
+                    rows: r0..r1,
+                    row0: row0 + r0,
+                    col0,
+                    cols: seen,
+                };
+                let fix = TileFix {
+                    mask: head_mask,
+                    mask_scale,
+                    causal: plan.causal,
+                    row0: band.row0,
+                    col0,
+                };
+                kv_band::<T::Acc>(
+                    plan,
+                    &band,
+                    bh,
+                    &qt[r0 * d..r1 * d],
+                    kt,
+                    vt,
+                    &fix,
+                    beta,
+                    inv_keep,
+                    &mut sc.state,
+                );
+            }
+            r0 = r1;
+        }
         col0 += cols;
     }
     let ln2 = T::Acc::from_f64(std::f64::consts::LN_2);
+    let st = &sc.state;
     for r in 0..rows {
-        let l = sc.l[r];
+        let l = st.l[r];
         if l == T::Acc::ZERO {
             // Every key masked (or no keys): torch returns zeros.
             for x in &mut o_tile[r * dv..(r + 1) * dv] {
@@ -162,13 +185,46 @@ fn query_tile<T: AttnElement>(
             let inv = T::Acc::ONE / l;
             for (x, &acc) in o_tile[r * dv..(r + 1) * dv]
                 .iter_mut()
-                .zip(&sc.o[r * dv..(r + 1) * dv])
+                .zip(&st.o[r * dv..(r + 1) * dv])
             {
                 *x = T::store(acc * inv);
             }
-            lse_tile[r] = (sc.m[r] + T::Acc::log2(l)) * ln2;
+            lse_tile[r] = (st.m[r] + T::Acc::log2(l)) * ln2;
         }
     }
+}
+
+/// One band of a query tile against one key tile: `S = beta Q K^T`, mask and causal edge,
+/// softmax update, dropout, `O += P V`. `q` holds the band's rows; `kt`, `vt` at least its keys.
+#[allow(clippy::too_many_arguments)]
+fn kv_band<R: Acc>(
+    plan: &Plan<'_, R>,
+    band: &Band,
+    bh: usize,
+    q: &[R],
+    kt: &[R],
+    vt: &[R],
+    fix: &TileFix<'_, R>,
+    beta: R,
+    inv_keep: R,
+    st: &mut State<R>,
+) {
+    let State { s, o, m, l, bc, dv } = st;
+    let (bc, dv, d) = (*bc, *dv, plan.shape.dim_qk);
+    let (r0, r1) = (band.rows.start, band.rows.end);
+    let (n, cols) = (r1 - r0, band.cols);
+    let s = &mut s[r0 * bc..];
+    // S = beta * Q K^T, K^T read through swapped strides.
+    matmul((n, cols, d), s, bc, false, q, (d, 1), kt, (1, d), beta);
+    let o = &mut o[r0 * dv..r1 * dv];
+    softmax_step::<R>(s, bc, n, cols, fix, &mut m[r0..r1], &mut l[r0..r1], o, dv);
+    if let Some(drop) = plan.dropout {
+        for r in 0..n {
+            let row = &mut s[r * bc..r * bc + cols];
+            drop.apply(row, bh, band.row0 + r, band.col0, inv_keep);
+        }
+    }
+    matmul((n, dv, cols), o, dv, true, s, (bc, 1), vt, (dv, 1), R::ONE);
 }
 
 dispatch_isa! {
