@@ -44,8 +44,9 @@ use std::any::TypeId;
 /// with fewer output pixels per image block: wider blocks measured slower in a training-like
 /// setting (fresh output tensors each call), as their column matrix and gathered gradients crowd
 /// L2 (32->64 channels on 15x15, fwd+bwd, EPYC Zen 4: 7.82 ms at 512 columns (4 images), 7.62
-/// at one image; the pooled 13x13 layer 4.56 -> 4.28 ms; the 5x5 layer, 16 images either way).
-const TARGET_COLS: usize = 128;
+/// at one image; the pooled 13x13 layer 4.56 -> 4.28 ms at two). 144 = 16 blocks of the 5x5
+/// layer's 9 pixels: at 128 its blocks of 11 images ran its forward 8% slower.
+const TARGET_COLS: usize = 144;
 /// Upper bound on one column matrix (bytes) when blocking images; keeps it near L2.
 const MAX_COL_BYTES: usize = 2 << 20;
 /// Backward tasks per thread, at least and at most: more than one lets a thread that was slowed
