@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from bigmodel_native import _native, set_num_threads
 from bigmodel_native import nn as bnn
-from bigmodel_native import set_num_threads
-from bigmodel_native.ops import conv2d
+from bigmodel_native.ops import conv2d, conv2d_relu_max_pool2d
+
+from ..conftest import available_isas
 
 # (input shape, weight shape, kwargs): each row hits a different branch of the kernel's plan
 # (blocked small images, one image per GEMM, pointwise, grouped, strided, dilated, padded).
@@ -78,6 +80,31 @@ def test_matches_torch_low_precision(row, dtype, tol) -> None:
         scale = r.double().abs().max().item() + 1.0
         err = (a.double() - r.double()).abs().max().item()
         assert err <= tol * scale * (1 + row[1][1] * row[1][2] * row[1][3] / 8), f"{name}: {err} vs {scale}"
+
+
+# Layers whose f32 kernels differ by instruction set: col2im by input rows in registers (unit
+# horizontal stride, with and without padding, vertical stride and dilation), tiny planes by lane
+# permutes (5x5 images), and the pooled backward from window maxima (16+ input channels).
+ISA_GRID = [
+    ((3, 8, 15, 15), (6, 8, 3, 3), {}),
+    ((2, 4, 13, 13), (5, 4, 3, 3), {"padding": 1}),
+    ((2, 3, 20, 19), (4, 3, 3, 3), {"stride": (2, 1), "dilation": (1, 2)}),
+    ((20, 4, 5, 5), (3, 4, 3, 3), {}),
+]
+
+
+@pytest.mark.parametrize("isa", available_isas())
+def test_every_instruction_set(isa) -> None:
+    _native.set_isa(isa)
+    for xs, ws, kw in ISA_GRID:
+        ours, ref = _both(xs, ws, kw, torch.float32)
+        for name, a, r in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, ref, strict=True):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4, msg=f"{isa} {xs} {name}")
+    x, w, b = _inputs((3, 16, 12, 12), (8, 16, 3, 3), torch.float32)
+    got = torch.autograd.grad(conv2d_relu_max_pool2d(x, w, b).sum(), (x, w, b))
+    want = torch.autograd.grad(F.max_pool2d(F.relu(F.conv2d(x, w, b)), 2).sum(), (x, w, b))
+    for name, a, r in zip(("grad_input", "grad_weight", "grad_bias"), got, want, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4, msg=f"{isa} pooled {name}")
 
 
 def test_unbatched_input() -> None:
