@@ -4,7 +4,8 @@
 //! output in cache-sized buffers and streams the key/value tiles past them:
 //! `S = scale log2(e) Q K^T` (gemm), mask and causal edge, `m' = max(m, rowmax S)`,
 //! `P = 2^(S - m')`, `l = 2^(m - m') l + rowsum P`, `O = 2^(m - m') O + dropout(P) V` (gemm).
-//! Causal tiles entirely above the diagonal are never visited. At the end `O /= l` and the
+//! Causal tiles entirely above the diagonal are never visited, and the key tile on the diagonal
+//! is taken in bands of rows, each against only the keys it sees. At the end `O /= l` and the
 //! per-row log-sum-exp `(m + log2 l) ln 2` is the only thing saved for the backward pass.
 //! Rows with every key masked get a zero output and a log-sum-exp of -inf, as torch does.
 
