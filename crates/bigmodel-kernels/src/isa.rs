@@ -83,6 +83,13 @@ pub fn active() -> Isa {
     }
 }
 
+/// Whether hand-written AVX-512 kernels may run now: an x86-64 CPU with AVX-512 whose kernels
+/// have not been narrowed to a smaller set (see [`set_override`]).
+#[inline]
+pub fn avx512_active() -> bool {
+    cfg!(target_arch = "x86_64") && active() == Isa::Avx512
+}
+
 /// Forces kernels onto `isa` (for tests and benchmarks), or back to the detected set with `None`.
 /// Asking for a set the CPU lacks is refused, since running it would fault.
 pub fn set_override(isa: Option<Isa>) -> Result<Isa, String> {

@@ -553,7 +553,8 @@ where
 }
 
 /// The forward's weights in the compute type: as given (c_out x K), the bias, and where built,
-/// the weights with the bias appended to each row (c_out x (K + 1), see `forward_with`).
+/// the weights with the bias appended to each row (c_out x (K + 1), see `forward_with`): only
+/// when every block is one f32/f64 image with a column matrix of its own.
 struct Weights<'a, A> {
     plain: &'a [A],
     bias: Option<&'a [A]>,
@@ -595,9 +596,10 @@ where
     let direct = bias_first && b.epi != Epilogue::ReluPool2;
     let borrow_input = bias_first && p.pointwise();
     let ba = weights.bias;
-    // The bias as a row of ones times an extra weight column (built only for one-image blocks).
-    let bias_row = bias_first && !borrow_input && weights.with_bias.is_some();
-    let (wsrc, wk) = match weights.with_bias.filter(|_| bias_row) {
+    // The bias as a row of ones times an extra weight column, where `forward_with` built one.
+    let bias_row = weights.with_bias.is_some();
+    debug_assert!(!bias_row || (bias_first && !borrow_input));
+    let (wsrc, wk) = match weights.with_bias {
         Some(w) => (w, k + 1),
         None => (weights.plain, k),
     };

@@ -13,7 +13,7 @@
 // per-row running states separately so that their borrows stay disjoint.
 #![allow(clippy::too_many_arguments)]
 
-use super::tile::{fix_scores, matmul, view, Acc, AttnElement, TileFix};
+use super::tile::{fix_scores, matmul, view, Acc, AttnElement, HeadMask, TileFix, LOG2E};
 use super::Plan;
 use crate::dispatch_isa;
 use crate::element::Real;
@@ -59,15 +59,14 @@ struct Scratch<R> {
     state: State<R>,
 }
 
-/// What a query tile carries from key tile to key tile: the score tile (row stride `bc`) and per
-/// row the running maximum `m`, sum `l` and unnormalised output `o` (row stride `dv`).
+/// What a query tile carries from key tile to key tile: the score tile (row stride
+/// `plan.block_kv`) and per row the running maximum `m`, sum `l` and unnormalised output `o` (row
+/// stride `dim_v`).
 struct State<R> {
     s: Vec<R>,
     o: Vec<R>,
     m: Vec<R>,
     l: Vec<R>,
-    bc: usize,
-    dv: usize,
 }
 
 /// Rows `rows` of a query tile, the first of them query `row0`, against keys `col0..col0 + cols`.
@@ -104,14 +103,12 @@ fn query_tile<T: AttnElement>(
             o: vec![T::Acc::ZERO; rows * dv],
             m: vec![T::Acc::NEG_INF; rows],
             l: vec![T::Acc::ZERO; rows],
-            bc,
-            dv,
         },
     };
     let q_off = (bh * sh.len_q + row0) * d;
     let mut q_conv = std::mem::take(&mut sc.q);
     let qt = view(&q[q_off..q_off + rows * d], &mut q_conv);
-    let beta = T::Acc::from_f64(plan.scale * super::tile::LOG2E);
+    let beta = T::Acc::from_f64(plan.scale * LOG2E);
     let inv_keep = T::Acc::from_f64(1.0 / (1.0 - plan.dropout_p));
     // Causal: keys after the tile's last row are masked for every row of the tile.
     let kv_end = if plan.causal {
@@ -120,7 +117,6 @@ fn query_tile<T: AttnElement>(
         sh.len_kv
     };
     let head_mask = plan.mask.head(b, h);
-    let mask_scale = T::Acc::from_f64(super::tile::LOG2E);
     let mut col0 = 0;
     while col0 < kv_end {
         let cols = bc.min(kv_end - col0);
@@ -148,21 +144,14 @@ fn query_tile<T: AttnElement>(
                     col0,
                     cols: seen,
                 };
-                let fix = TileFix {
-                    mask: head_mask,
-                    mask_scale,
-                    causal: plan.causal,
-                    row0: band.row0,
-                    col0,
-                };
+                let q_band = &qt[r0 * d..r1 * d];
                 kv_band::<T::Acc>(
                     plan,
                     &band,
-                    bh,
-                    &qt[r0 * d..r1 * d],
+                    (bh, head_mask),
+                    q_band,
                     kt,
                     vt,
-                    &fix,
                     beta,
                     inv_keep,
                     &mut sc.state,
@@ -196,29 +185,36 @@ fn query_tile<T: AttnElement>(
 }
 
 /// One band of a query tile against one key tile: `S = beta Q K^T`, mask and causal edge,
-/// softmax update, dropout, `O += P V`. `q` holds the band's rows; `kt`, `vt` at least its keys.
+/// softmax update, dropout, `O += P V`, for query head `bh` (whose mask is `mask`). `q` holds the
+/// band's rows; `kt`, `vt` at least its keys.
 #[allow(clippy::too_many_arguments)]
 fn kv_band<R: Acc>(
     plan: &Plan<'_, R>,
     band: &Band,
-    bh: usize,
+    (bh, mask): (usize, HeadMask<'_, R>),
     q: &[R],
     kt: &[R],
     vt: &[R],
-    fix: &TileFix<'_, R>,
     beta: R,
     inv_keep: R,
     st: &mut State<R>,
 ) {
-    let State { s, o, m, l, bc, dv } = st;
-    let (bc, dv, d) = (*bc, *dv, plan.shape.dim_qk);
+    let State { s, o, m, l } = st;
+    let (bc, dv, d) = (plan.block_kv, plan.shape.dim_v, plan.shape.dim_qk);
+    let fix = TileFix {
+        mask,
+        mask_scale: R::from_f64(LOG2E),
+        causal: plan.causal,
+        row0: band.row0,
+        col0: band.col0,
+    };
     let (r0, r1) = (band.rows.start, band.rows.end);
     let (n, cols) = (r1 - r0, band.cols);
     let s = &mut s[r0 * bc..];
     // S = beta * Q K^T, K^T read through swapped strides.
     matmul((n, cols, d), s, bc, false, q, (d, 1), kt, (1, d), beta);
     let o = &mut o[r0 * dv..r1 * dv];
-    softmax_step::<R>(s, bc, n, cols, fix, &mut m[r0..r1], &mut l[r0..r1], o, dv);
+    softmax_step::<R>(s, bc, n, cols, &fix, &mut m[r0..r1], &mut l[r0..r1], o, dv);
     if let Some(drop) = plan.dropout {
         for r in 0..n {
             let row = &mut s[r * bc..r * bc + cols];

@@ -14,16 +14,11 @@ use super::tile::{Acc, EXP2_POLY_F32};
 use crate::element::Real;
 use std::arch::x86_64::*;
 
-/// Whether this CPU runs these kernels (the tests narrow `isa::active` to check the others).
-pub fn available() -> bool {
-    crate::isa::active() == crate::isa::Isa::Avx512
-}
-
 /// The forward's softmax update of `rows` rows of `s` (row stride `rs`, `cols` scores each,
 /// masked and in base 2): see `forward::softmax_step`, which this replaces for f32.
 ///
 /// # Safety
-/// AVX-512F ([`available`]).
+/// AVX-512F ([`crate::isa::avx512_active`]).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn softmax_rows(
@@ -131,7 +126,7 @@ mod tests {
 
     #[test]
     fn exp2_matches_the_generic_one() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         let xs: Vec<f32> = (0..4000)
@@ -139,7 +134,7 @@ mod tests {
             .chain([f32::NEG_INFINITY, -1000.0, -150.0, -149.5, 0.0, -0.0, 5.5])
             .collect();
         let mut got = xs.clone();
-        // SAFETY: available() checked AVX-512F.
+        // SAFETY: avx512_active() checked AVX-512F.
         unsafe { exp2_sub(&mut got, 0.0) };
         for (&x, &g) in xs.iter().zip(&got) {
             let want = <f32 as Acc>::exp2(x);
@@ -159,7 +154,7 @@ mod tests {
 
     #[test]
     fn exp2_sub_sums_every_length() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         for n in [0, 1, 15, 16, 17, 40, 64] {
@@ -167,7 +162,7 @@ mod tests {
                 .map(|i| (i as f32 * 0.37).sin() * 4.0 - 2.0)
                 .collect();
             let mut got = row.clone();
-            // SAFETY: available() checked AVX-512F.
+            // SAFETY: avx512_active() checked AVX-512F.
             let sum = unsafe { exp2_sub(&mut got, 1.5) };
             let want: Vec<f32> = row.iter().map(|&x| <f32 as Acc>::exp2(x - 1.5)).collect();
             assert_eq!(got, want, "n = {n}");
@@ -178,10 +173,10 @@ mod tests {
 
     #[test]
     fn row_max_and_masked_rows() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
-        // SAFETY (all calls): available() checked AVX-512F.
+        // SAFETY (all calls): avx512_active() checked AVX-512F.
         for n in [1, 7, 16, 33] {
             let row: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 - 20.0).collect();
             let want = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));

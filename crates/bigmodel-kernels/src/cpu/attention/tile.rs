@@ -104,8 +104,8 @@ impl Acc for f32 {
         dv: usize,
     ) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if super::simd::available() {
-            // SAFETY: available() checked that this CPU runs AVX-512F.
+        if crate::isa::avx512_active() {
+            // SAFETY: avx512_active() checked that this CPU runs AVX-512F.
             unsafe { super::simd::softmax_rows(s, rs, rows, cols, m, l, o, dv) };
             return true;
         }
@@ -115,7 +115,7 @@ impl Acc for f32 {
 
     fn exp2_sub_simd(row: &mut [f32], sub: f32) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if super::simd::available() {
+        if crate::isa::avx512_active() {
             // SAFETY: as above.
             unsafe { super::simd::exp2_sub(row, sub) };
             return true;

@@ -15,11 +15,6 @@
 //! path redoes the plane) when an index lies outside its own window, which a forward never
 //! produces: the generic path then reports it.
 
-/// Whether this CPU runs the lane kernels (the tests narrow `isa::active` to check the others).
-fn available() -> bool {
-    cfg!(target_arch = "x86_64") && crate::isa::active() == crate::isa::Isa::Avx512
-}
-
 /// Plane sizes whose element offsets the kernels form in i32 lanes.
 fn small_plane(h: usize, w: usize) -> bool {
     h.checked_mul(w).is_some_and(|n| n < i32::MAX as usize / 2)
@@ -37,7 +32,12 @@ pub fn relu_pool2(
     ix: &mut [i64],
 ) -> bool {
     let pw = w / 2;
-    if !available() || pw == 0 || iw < w || o.len() != ix.len() || !o.len().is_multiple_of(pw) {
+    if !crate::isa::avx512_active()
+        || pw == 0
+        || iw < w
+        || o.len() != ix.len()
+        || !o.len().is_multiple_of(pw)
+    {
         return false;
     }
     let ph = o.len() / pw;
@@ -69,7 +69,7 @@ pub fn unpool2(
 ) -> bool {
     let pw = w / 2;
     let sizes_ok = grad.len() == indices.len() && grad.len().is_multiple_of(pw.max(1));
-    if !available() || pw == 0 || iw < w || !sizes_ok {
+    if !crate::isa::avx512_active() || pw == 0 || iw < w || !sizes_ok {
         return false;
     }
     let ph = grad.len() / pw;
@@ -364,7 +364,7 @@ mod tests {
 
     #[test]
     fn pooling_matches_the_generic_body() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         for (seed, &(h, w)) in SIZES.iter().enumerate() {
@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn unpooling_writes_the_whole_plane_as_the_generic_scatter() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         for (seed, &(h, w)) in SIZES.iter().enumerate() {
@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn unpooling_declines_indices_outside_their_window() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         let (h, w) = (6, 40);

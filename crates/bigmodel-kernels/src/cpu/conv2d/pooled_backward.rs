@@ -456,7 +456,7 @@ fn window_error(j: i64, plane: usize, q: usize, pw: usize) -> Error {
 /// summed). An entry whose blocks would pass the end of `m` adds nothing (callers rule it out).
 fn sparse_rows<A: Real>(out: &mut [A], blocks: &[Block], list: &[(A, usize)], m: &[A]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::isa::active() == crate::isa::Isa::Avx512 {
+    if crate::isa::avx512_active() {
         if let (Some(o), Some(l), Some(m)) = (
             super::same_mut::<A, f32>(out),
             super::same::<(A, usize), (f32, usize)>(list),
@@ -650,7 +650,7 @@ mod lanes {
 /// adds nothing (callers rule it out).
 fn scatter_rows<A: Real>(image: &mut [A], blocks: &[Block], row: &[A], list: &[(A, usize)]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::isa::active() == crate::isa::Isa::Avx512 {
+    if crate::isa::avx512_active() {
         if let (Some(i), Some(r), Some(l)) = (
             super::same_mut::<A, f32>(image),
             super::same::<A, f32>(row),

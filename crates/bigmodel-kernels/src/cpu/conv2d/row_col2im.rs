@@ -10,12 +10,12 @@
 //! agree with it bit for bit.
 
 use super::im2col::Geom;
-use super::tiny_plane::{available, fits};
+use super::tiny_plane::fits;
 
 /// [`super::col2im`] for f32 and unit horizontal stride; false (nothing written) on a CPU
 /// without AVX-512, for other strides, or where the sizes break the bounds the kernel relies on.
 pub fn col2im(g: &Geom, col: &[f32], ld: usize, nbk: usize, img: usize, dst: &mut [f32]) -> bool {
-    if !available() || g.sw != 1 || !fits(g, dst.len(), img, nbk, col.len(), ld) {
+    if !crate::isa::avx512_active() || g.sw != 1 || !fits(g, dst.len(), img, nbk, col.len(), ld) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn rows_match_the_definition_bit_for_bit() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         for &(h, w, kh, kw, sh, d, pad) in &CASES {

@@ -73,11 +73,6 @@ fn low_lanes(n: usize) -> u16 {
     ((1u32 << n.min(16)) - 1) as u16
 }
 
-/// Whether this CPU runs the permute kernels (the tests narrow `isa::active` to check the others).
-pub(super) fn available() -> bool {
-    cfg!(target_arch = "x86_64") && crate::isa::active() == crate::isa::Isa::Avx512
-}
-
 /// The bounds every plane access and column-row access of `nbk` images stays within.
 pub(super) fn fits(
     g: &Geom,
@@ -107,7 +102,7 @@ fn table_for(
     col_len: usize,
     ld: usize,
 ) -> Option<TapTable> {
-    if !available() || !fits(g, plane_len, img, nbk, col_len, ld) {
+    if !crate::isa::avx512_active() || !fits(g, plane_len, img, nbk, col_len, ld) {
         return None;
     }
     TapTable::new(g)
@@ -286,7 +281,7 @@ mod tests {
 
     #[test]
     fn permutes_match_the_definition() {
-        if !available() {
+        if !crate::isa::avx512_active() {
             return;
         }
         for case in &CASES {
